@@ -1,0 +1,32 @@
+# genecis-ray: `make test` bootstraps everything from a fresh clone (idempotent) and runs the suite
+# against a real S3 server (Ceph radosgw) and a local Ray head that it starts and stops itself.
+PY      ?= python3
+VENV    := .venv
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test deps deps-system bench clean-venv
+
+test: deps deps-system
+	bash cluster/local/with_services.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Ceph's radosgw is the S3 server the tests use (Debian packages; needs root, as on CI).
+deps-system:
+	@command -v radosgw >/dev/null && command -v ceph-osd >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    radosgw ceph-mon ceph-osd curl procps; }
+
+bench: deps
+	$(VENV)/bin/python bench/parse_throughput.py
+	$(VENV)/bin/python bench/mine_scale.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""evaluator: not yet built (see ARCHITECTURE.md)."""

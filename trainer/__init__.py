@@ -1,0 +1,1 @@
+"""trainer: not yet built (see ARCHITECTURE.md)."""
