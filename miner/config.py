@@ -29,7 +29,7 @@ class MinerConfig:
     min_ascii_letter_ratio: float = _f(0.9, "captions with fewer ASCII letters are skipped as non_english")
     spacy_model: str = _f("en_core_web_sm", "spaCy pipeline (NER is disabled)")
     parse_batch_size: int = _f(256, "captions per nlp.pipe batch")
-    parse_workers: int = _f(2, "parser actors (each loads spaCy once)")
+    parse_workers: int = _f(2, "parser actors, each loads spaCy once (0: one per cluster CPU, minus one)")
     cpus_per_parse_worker: float = _f(0.5, "CPUs reserved per parser actor (<=0.5 keeps a 2-CPU head free of deadlock)")
     # the mining rule (GENECIS.md §1.2-1.5)
     min_images_per_subject: int = _f(5, "candidate subjects need this many distinct images")

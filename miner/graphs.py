@@ -41,7 +41,7 @@ def process_shard(spec: ShardSpec, parse_many: Callable[[Sequence[str]], list[di
                   graphs: storage.Location, rules: CaptionRules, batch_size: int = 2048,
                   on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Read, validate, parse and write one shard; returns (and writes, last) its stats."""
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), time.time()
     skips = SkipCounter()
     where = f"{spec.uri} shard {spec.shard_id}"
     tables, read, pending = [], 0, []
@@ -64,7 +64,8 @@ def process_shard(spec: ShardSpec, parse_many: Callable[[Sequence[str]], list[di
     _write_parquet(graphs.child(shard_name(spec.shard_id) + ".parquet"), table)
     stats = {"shard_id": spec.shard_id, "uri": spec.uri, "range": [spec.start, spec.end], "read": read,
              "parsed": table.num_rows, "skipped": skips.counts, "skip_examples": skips.examples,
-             "relations": _count_relations(table), "seconds": round(time.monotonic() - t0, 3)}
+             "relations": _count_relations(table), "seconds": round(time.monotonic() - t0, 3),
+             "started": started, "finished": time.time()}
     storage.write_json(stats_location(graphs, spec.shard_id), stats)
     return stats
 

@@ -36,8 +36,8 @@ class AlreadyDifferent(RuntimeError):
 
 def run(cfg: MinerConfig) -> dict[str, Any]:
     """Run (or resume) the whole miner; returns the manifest."""
-    out = storage.require_writable(cfg.output)
     specs = plan_shards(cfg.input, cfg.format, cfg.shard_bytes, cfg.row_groups_per_shard)
+    out = storage.require_writable(cfg.output)
     _check_config(out, cfg)
     manifest_loc = out.child("_manifest.json")
     if storage.exists(manifest_loc):
@@ -67,6 +67,8 @@ def _check_config(out: storage.Location, cfg: MinerConfig) -> None:
         if diff:
             raise AlreadyDifferent(f"{cfg.output} was written with a different config {diff}; "
                                    "use a new --output")
+        if previous == current:
+            return
     storage.write_json(loc, current)
 
 
@@ -142,7 +144,7 @@ def parse_stage(cfg: MinerConfig, specs: list[ShardSpec], graphs: storage.Locati
     watcher.start()
     try:
         ds = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(ParseShardWorker, batch_size=1, concurrency=min(cfg.parse_workers, len(pending)),
+        ds = ds.map_batches(ParseShardWorker, batch_size=1, concurrency=min(_parse_workers(cfg), len(pending)),
                             num_cpus=cfg.cpus_per_parse_worker,
                             fn_constructor_kwargs={"cfg": config_to_dict(cfg), "graphs_uri": graphs.uri,
                                                    "counter": counter})
@@ -152,6 +154,15 @@ def parse_stage(cfg: MinerConfig, specs: list[ShardSpec], graphs: storage.Locati
         stop.set()
         watcher.join()
     return done
+
+
+def _parse_workers(cfg: MinerConfig) -> int:
+    if cfg.parse_workers > 0:
+        return cfg.parse_workers
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return max(1, int(cpus / max(cfg.cpus_per_parse_worker, 1.0)) - 1)
 
 
 def _watch_parse(cfg, counter, done, pending, total_bytes, stop) -> None:

@@ -1,0 +1,82 @@
+"""Parse throughput: raw single-process ``nlp.pipe`` vs our Ray parse stage with 1 and 2 workers.
+
+All three run on the same captions in one invocation (the machine is shared and noisy: compare the
+ratios, not the absolute numbers).  For the Ray runs, start-up (Ray Data planning, actor creation,
+spaCy load) is excluded: throughput = captions / (last shard finished - first shard started), from the
+per-shard stats markers the workers write.
+
+    .venv/bin/python bench/parse_throughput.py [--captions 12000] [--shards 12]
+
+Goals (issue #2): ray_1 >= 0.9 x raw; ray_2 >= 1.8 x ray_1.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "cc3m" / "Validation_GCC-1.1.0-Validation.tsv"
+
+
+def raw_pipe(captions: list[str], batch_size: int) -> float:
+    from miner.parser import load_spacy
+
+    nlp = load_spacy("en_core_web_sm")
+    list(nlp.pipe(captions[:200], batch_size=batch_size))  # warm-up, like the actors' first batch
+    t0 = time.perf_counter()
+    for _ in nlp.pipe(captions, batch_size=batch_size):
+        pass
+    return len(captions) / (time.perf_counter() - t0)
+
+
+def ray_stage(src: Path, n_shards: int, workers: int, batch_size: int) -> float:
+    from miner.config import MinerConfig
+    from miner.pipeline import _init_ray, parse_stage
+    from miner.readers import plan_shards
+    from cluster import storage
+
+    out = tempfile.mkdtemp(prefix=f"bench-parse-{workers}w-")
+    shard_bytes = src.stat().st_size // n_shards + 1
+    cfg = MinerConfig(input=str(src), output=out, shard_bytes=shard_bytes, parse_workers=workers,
+                      cpus_per_parse_worker=0.5, parse_batch_size=batch_size, progress_interval_s=5.0)
+    _init_ray(cfg)
+    specs = plan_shards(cfg.input, cfg.format, cfg.shard_bytes)
+    stats = parse_stage(cfg, specs, storage.resolve(out).child("graphs"))
+    start = min(s["started"] for s in stats.values())
+    end = max(s["finished"] for s in stats.values())
+    return sum(s["parsed"] for s in stats.values()) / (end - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", default=str(DEFAULT_INPUT), help="CC3M-style TSV")
+    ap.add_argument("--captions", type=int, default=12_000)
+    ap.add_argument("--shards", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=256)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    lines = Path(args.input).read_bytes().split(b"\n")[: args.captions]
+    src = Path(tempfile.mkdtemp(prefix="bench-parse-")) / "captions.tsv"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    captions = [ln.split(b"\t")[0].decode() for ln in lines]
+
+    raw = raw_pipe(captions, args.batch_size)
+    one = ray_stage(src, args.shards, 1, args.batch_size)
+    two = ray_stage(src, args.shards, 2, args.batch_size)
+    print(f"captions: {len(captions)}  shards: {args.shards}  cores: {os.cpu_count()}")
+    print(f"(a) raw nlp.pipe, 1 process, NER off : {raw:8.0f} captions/s")
+    print(f"(b) Ray parse stage, 1 worker        : {one:8.0f} captions/s")
+    print(f"(b) Ray parse stage, 2 workers       : {two:8.0f} captions/s")
+    print(f"ratio ray_1 / raw   = {one / raw:.2f}   (goal >= 0.90)")
+    print(f"ratio ray_2 / ray_1 = {two / one:.2f}   (goal >= 1.80)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Storage URIs (local and a real S3 server), the typed config CLI and the progress line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+from cluster import storage
+from cluster.config import config_to_dict, parse_config
+from cluster.progress import Progress
+from miner.config import KINDS, MinerConfig
+
+
+def test_local_roundtrip_and_listing(tmp_path):
+    root = storage.require_writable(str(tmp_path / "out"))
+    storage.write_json(root.child("a", "x.json"), {"v": 1})
+    storage.write_bytes_atomic(root.child("b.bin"), b"abc")
+    assert storage.read_json(root.child("a", "x.json")) == {"v": 1}
+    assert [os.path.basename(l.path) for l in storage.list_files(root)] == ["x.json", "b.bin"] or \
+        sorted(os.path.basename(l.path) for l in storage.list_files(root)) == ["b.bin", "x.json"]
+    assert not [p for p in os.listdir(root.path) if ".tmp-" in p]  # atomic writes leave no temp files
+
+
+def test_missing_local_input_is_a_clear_error(tmp_path):
+    with pytest.raises(storage.StorageError, match="input not found"):
+        storage.require_input(str(tmp_path / "nope.tsv"))
+
+
+def test_unsupported_scheme():
+    with pytest.raises(storage.StorageError, match="unsupported URI scheme"):
+        storage.resolve("gs://bucket/x")
+
+
+def test_s3_filesystem_from_env_is_path_style():
+    fs = storage.s3_filesystem_from_env({"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:1234", "AWS_REGION": "eu-west-1",
+                                         "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+    assert fs.region == "eu-west-1"
+
+
+@pytest.mark.s3
+def test_s3_roundtrip(s3_bucket):
+    root = storage.require_writable(f"{s3_bucket}/prefix")
+    storage.write_json(root.child("m.json"), {"ok": True})
+    assert storage.read_json(storage.require_input(f"{s3_bucket}/prefix/m.json")) == {"ok": True}
+    assert [l.uri for l in storage.list_files(root)] == [f"{s3_bucket}/prefix/m.json"]
+
+
+@pytest.mark.s3
+def test_s3_missing_bucket_and_bad_secret_are_clear_errors(services, monkeypatch):
+    with pytest.raises(storage.StorageError, match="not writable"):
+        storage.require_writable("s3://no-such-bucket-xyz/out")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(storage.StorageError):
+        storage.require_writable("s3://no-such-bucket-xyz/out")
+
+
+def test_unreachable_endpoint_fails_before_work(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    with pytest.raises(storage.StorageError, match="s3://bucket/in"):
+        storage.require_input("s3://bucket/in")
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    input: str = field(metadata={"help": "in"})
+    n: int = 3
+    kinds: tuple[str, ...] = ("a", "b")
+    ratio: float | None = None
+    flag: bool = True
+
+
+def test_config_cli_roundtrip():
+    cfg = parse_config(_Cfg, ["--input", "x", "--n", "7", "--kinds", "b", "--flag", "false", "--ratio", "0.5"])
+    assert cfg == _Cfg(input="x", n=7, kinds=("b",), ratio=0.5, flag=False)
+    assert config_to_dict(cfg)["kinds"] == ["b"]
+    with pytest.raises(SystemExit):
+        parse_config(_Cfg, ["--n", "1"])  # --input is required
+
+
+def test_miner_config_defaults_follow_genecis():
+    cfg = parse_config(MinerConfig, ["--input", "a", "--output", "b"])
+    assert (cfg.num_triplets, cfg.min_images_per_subject, cfg.min_objects_per_subject) == (1_600_000, 5, 2)
+    assert (cfg.concreteness_threshold, cfg.val_fraction, cfg.max_target_attempts) == (4.8, 0.1, 100)
+    assert cfg.kinds == KINDS
+    with pytest.raises(ValueError):
+        MinerConfig(input="a", output="b", kinds=("nope",))
+
+
+def test_miner_run_help_lists_every_field():
+    out = subprocess.run([sys.executable, "-m", "miner", "run", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for name in ("--num-triplets", "--seed", "--format", "--concreteness-threshold", "--kinds"):
+        assert name in out
+
+
+def test_progress_line_has_rate_skips_and_eta():
+    t = [0.0]
+    lines: list[str] = []
+    p = Progress("parse", 1000, "captions", interval_s=5, emit=lines.append, clock=lambda: t[0])
+    t[0] = 2.0
+    p.update(100, 3)
+    assert not lines  # less than interval_s since start
+    t[0] = 10.0
+    p.update(400, 1)
+    assert lines and "500/1,000 captions" in lines[0] and "50 captions/s" in lines[0]
+    assert "skipped 4" in lines[0] and "ETA 0h00m10s" in lines[0]
