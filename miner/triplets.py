@@ -20,12 +20,11 @@ import pyarrow.parquet as pq
 
 from cluster import storage
 from miner import mining
-from miner.attributes import attribute_type
+from miner.attributes import ATTRIBUTE_TYPES, type_codes
 from miner.concreteness import score_strings
 
 TABLE_OF_KIND = {"change_object": "relation", "focus_object": "relation",
                  "change_attribute": "attribute", "focus_attribute": "attribute"}
-KIND_ID = {"change_object": 0, "focus_object": 1, "change_attribute": 2, "focus_attribute": 3}
 # vocabulary of each column of each table
 VOCAB_OF = {("relation", "subject"): "entity", ("relation", "object"): "entity",
             ("relation", "predicate"): "predicate", ("attribute", "subject"): "entity",
@@ -101,11 +100,7 @@ class Scores:
     @classmethod
     def build(cls, vocabs: Vocabs, concreteness: dict[str, float] | None) -> "Scores":
         entity = None if concreteness is None else score_strings(vocabs.entity.to_pylist(), concreteness)
-        types = [attribute_type(v) for v in vocabs.value.to_pylist()]
-        names = tuple(sorted({t for t in types if t}))
-        code = {n: i for i, n in enumerate(names)}
-        value_type = np.array([code[t] if t else -1 for t in types], dtype=np.int32)
-        return cls(entity=entity, value_type=value_type, type_names=names)
+        return cls(entity=entity, value_type=type_codes(vocabs.value.to_pylist()), type_names=ATTRIBUTE_TYPES)
 
 
 def build_index(kind: str, tables: MiningTables) -> "mining.PairIndex":
@@ -173,6 +168,8 @@ def triplet_table(kind: str, split: str, samples: dict[str, np.ndarray], table: 
     cols["ref_object"] = pc.take(obj_vocab, pa.array(table["object"][samples["ref"]]))
     cols["target_subject"] = pc.take(ent, pa.array(table["subject"][samples["target"]]))
     cols["target_object"] = pc.take(obj_vocab, pa.array(table["object"][samples["target"]]))
+    cols["distractor_subject"] = pc.take(ent, pa.array(table["subject"][samples["distractor"]]))
+    cols["distractor_object"] = pc.take(obj_vocab, pa.array(table["object"][samples["distractor"]]))
     cols["draws"] = pa.array(samples["draws"], pa.int32())
     cols["target_fallback"] = pa.array(samples["fallback"], pa.bool_())
     return pa.table(cols)

@@ -1,0 +1,830 @@
+"""Ray-free, numpy-vectorised GeneCIS triplet mining core (GENECIS.md §1.2-1.5).
+
+The caller hands in integer-coded tables (one row per relation or attribute) and
+asks for triplets by id.  Every random number of triplet ``i`` comes from a
+counter-based hash of ``(seed, kind, i, draw, slot)``, so a triplet depends only on
+``(seed, kind, i)`` and results are bit-identical however an id range is split
+across calls or processes.  This replaces GeneCIS's ``np.random.seed(i)`` per sample.
+
+Returned rows are INPUT row indices of the table given to :func:`build_pair_index`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+KIND_IDS: dict[str, int] = {
+    "change_object": 1,
+    "change_attribute": 2,
+    "focus_object": 3,
+    "focus_attribute": 4,
+}
+
+# ---------------------------------------------------------------------------
+# Rule
+
+
+@dataclass(frozen=True)
+class MiningRule:
+    """The GeneCIS mining rule in numbers (defaults = the released code).
+
+    ``redraw_on_target_failure`` is our switch, off by default: GeneCIS keeps the
+    last draw after ``max_target_attempts`` failed tries (we flag it ``fallback``);
+    when on, such a draw is rejected and redrawn like a concreteness failure.
+    """
+
+    min_images_per_subject: int = 5
+    min_objects_per_subject: int = 2
+    max_target_attempts: int = 100
+    concreteness_threshold: float = 4.8  # strict: mean > threshold
+    max_draws: int = 10_000
+    val_fraction: float = 0.1
+    redraw_on_target_failure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_target_attempts < 1 or self.max_draws < 1:
+            raise ValueError("max_target_attempts and max_draws must be >= 1")
+        if not 0.0 <= self.val_fraction <= 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1], got {self.val_fraction}")
+
+
+# ---------------------------------------------------------------------------
+# Counter-based RNG (splitmix64 finaliser in wrapping uint64 arithmetic)
+
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_SLOT_STEP = 0xD1B54A32D192ED03  # odd, distinct from the draw step
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+_TO_UNIT = 2.0**-53
+
+
+def _mix_int(z: int) -> int:
+    z &= _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def _mix(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """splitmix64 finaliser, in place on a temporary uint64 array."""
+    z ^= z >> np.uint64(30)
+    z *= _C1
+    z ^= z >> np.uint64(27)
+    z *= _C2
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _as_u64(values: NDArray[np.int64] | int, shape: tuple[int, ...]) -> NDArray[np.uint64]:
+    arr = np.asarray(values, dtype=np.int64)
+    return np.broadcast_to(arr, shape).astype(np.uint64)  # copy, wraps negatives
+
+
+def draw_base(
+    seed: int, kind_id: int, ids: NDArray[np.int64], draw: NDArray[np.int64] | int
+) -> NDArray[np.uint64]:
+    """Per-(id, draw) hash state; ``uniform`` = ``_unit(draw_base(...), slot)``."""
+    key = _mix_int(_mix_int(seed + _GOLDEN) + (kind_id + 1) * _GOLDEN)
+    ids = np.asarray(ids, dtype=np.int64)
+    state = _mix(_as_u64(ids, ids.shape) ^ np.uint64(key))
+    state += _as_u64(draw, ids.shape) * np.uint64(_GOLDEN) + np.uint64(_GOLDEN)
+    return _mix(state)
+
+
+def _unit(base: NDArray[np.uint64], slot: int) -> NDArray[np.float64]:
+    z = base + np.uint64(((slot + 1) * _SLOT_STEP) & _MASK)
+    return (_mix(z) >> np.uint64(11)).astype(np.float64) * _TO_UNIT
+
+
+def _below(base: NDArray[np.uint64], slot: int, n: NDArray[np.integer]) -> NDArray[np.int64]:
+    """Uniform integer in [0, n) per element (n >= 1)."""
+    n = np.asarray(n, dtype=np.int64)
+    k = np.floor(_unit(base, slot) * n).astype(np.int64)
+    return np.minimum(k, n - 1)
+
+
+def uniform(
+    seed: int,
+    kind_id: int,
+    ids: NDArray[np.int64],
+    draw: NDArray[np.int64] | int,
+    slot: int,
+) -> NDArray[np.float64]:
+    """U[0,1) for each id, a pure function of (seed, kind_id, id, draw, slot)."""
+    return _unit(draw_base(seed, kind_id, ids, draw), slot)
+
+
+def uniform_int(
+    seed: int,
+    kind_id: int,
+    ids: NDArray[np.int64],
+    draw: NDArray[np.int64] | int,
+    slot: int,
+    n: NDArray[np.integer] | int,
+) -> NDArray[np.int64]:
+    """floor(uniform * n): a uniform integer in [0, n) for each id (n >= 1)."""
+    return _below(draw_base(seed, kind_id, ids, draw), slot, n)
+
+
+# Slots: one per random choice inside a draw.
+SLOT_SUBJECT = 0
+SLOT_REF = 1
+SLOT_DIST = 2
+SLOT_TARGET = 16  # + 2 * attempt (+1)
+SLOT_DIST_TRY = 1 << 20  # + 2 * attempt (+1)
+
+
+# ---------------------------------------------------------------------------
+# Index
+
+
+def _small_int(values: NDArray[np.integer], bound: int) -> NDArray[np.integer]:
+    """int32 when every value fits in [-2**31, bound] with bound < 2**31, else int64."""
+    dtype = np.int32 if bound < 2**31 else np.int64
+    return values.astype(dtype, copy=False)
+
+
+def _starts(counts: NDArray[np.integer]) -> NDArray[np.int64]:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class PairIndex:
+    """Rows (subject, obj, image) sorted by (subject, obj, image, input position).
+
+    Positions below are SORTED positions; ``order[pos]`` is the input row.
+    A (subject, obj) "group" is a run of sorted rows; a subject's groups are its
+    distinct objects.  ``by_obj`` lists sorted positions ordered by object.
+    """
+
+    order: NDArray[np.integer]  # sorted pos -> input row
+    subj: NDArray[np.int32]  # per sorted pos
+    obj: NDArray[np.int32]
+    image: NDArray[np.integer]
+    subj_start: NDArray[np.int64]  # per subject code: row range
+    subj_images: NDArray[np.int32]  # distinct images per subject
+    subj_objects: NDArray[np.int32]  # distinct objects (= groups) per subject
+    subj_group_start: NDArray[np.int64]  # per subject code: group range
+    group_start: NDArray[np.integer]  # per group: row range (n_groups + 1)
+    group_images: NDArray[np.int32]  # distinct images per group
+    by_obj: NDArray[np.integer]  # sorted positions ordered by object
+    obj_start: NDArray[np.int64]  # per object code: range into by_obj
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.order)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_start) - 1
+
+    def rows(self, positions: NDArray[np.integer]) -> NDArray[np.int64]:
+        """Sorted positions -> input row indices (-1 stays -1)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = self.order[np.maximum(positions, 0)].astype(np.int64)
+        out[positions < 0] = -1
+        return out
+
+
+def _key_bits(values: NDArray[np.integer]) -> int:
+    return int(values.max()).bit_length() if len(values) else 0
+
+
+def _sort_order(subject: NDArray, obj: NDArray, image_off: NDArray) -> NDArray[np.int64]:
+    """Stable order by (subject, obj, image): one int64 key when it fits, else lexsort."""
+    b_obj, b_img = _key_bits(obj), _key_bits(image_off)
+    if _key_bits(subject) + b_obj + b_img <= 63:
+        key = subject.astype(np.int64) << np.int64(b_obj + b_img)
+        key |= obj.astype(np.int64) << np.int64(b_img)
+        key |= image_off
+        return np.argsort(key, kind="stable")
+    return np.lexsort((image_off, obj, subject))
+
+
+def _distinct_images_per_subject(
+    subj: NDArray, image_off: NDArray, n_subj: int
+) -> NDArray[np.int32]:
+    b_img = _key_bits(image_off)
+    if _key_bits(subj) + b_img <= 63:
+        key = (subj.astype(np.int64) << np.int64(b_img)) | image_off
+        key.sort()
+        first = np.ones(len(key), dtype=bool)
+        first[1:] = key[1:] != key[:-1]
+        owners = key[first] >> np.int64(b_img)
+    else:
+        perm = np.lexsort((image_off, subj))
+        s, im = subj[perm], image_off[perm]
+        first = np.ones(len(s), dtype=bool)
+        first[1:] = (s[1:] != s[:-1]) | (im[1:] != im[:-1])
+        owners = s[first]
+    return np.bincount(owners, minlength=n_subj).astype(np.int32)
+
+
+def _check_codes(name: str, codes: NDArray, n: int) -> NDArray[np.int32]:
+    codes = np.asarray(codes)
+    if codes.ndim != 1 or len(codes) != n:
+        raise ValueError(f"{name} must be 1-D with {n} rows, got shape {codes.shape}")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"{name} must be integer codes, got {codes.dtype}")
+    if n and (codes.min() < 0 or codes.max() >= 2**31):
+        raise ValueError(f"{name} codes must lie in [0, 2**31)")
+    return codes.astype(np.int32, copy=False)
+
+
+def build_pair_index(
+    subject: NDArray[np.int32], obj: NDArray[np.int32], image: NDArray[np.int64]
+) -> PairIndex:
+    """Index rows (subject code, object code, image id); O(rows) small-int memory."""
+    image = np.asarray(image)
+    n = len(image)
+    subject = _check_codes("subject", subject, n)
+    obj = _check_codes("obj", obj, n)
+    if image.ndim != 1 or not np.issubdtype(image.dtype, np.integer):
+        raise ValueError("image must be a 1-D integer array")
+    image_off = image.astype(np.int64) - (image.min() if n else 0)
+    order = _sort_order(subject, obj, image_off)
+    n_subj = int(subject.max()) + 1 if n else 0
+    n_obj = int(obj.max()) + 1 if n else 0
+    s, o, im = subject[order], obj[order], image_off[order]
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = (s[1:] != s[:-1]) | (o[1:] != o[:-1])
+    new_image = new_group.copy()
+    new_image[1:] |= im[1:] != im[:-1]
+    group_first = np.flatnonzero(new_group)
+    group_start = np.append(group_first, n)
+    subj_objects = np.bincount(s[group_first], minlength=n_subj).astype(np.int32)
+    group_images = np.add.reduceat(new_image.astype(np.int32), group_first) if n else new_image
+    by_obj = np.argsort(o, kind="stable")
+    img_bound = max(abs(int(image.min())), int(image.max())) if n else 0
+    return PairIndex(
+        order=_small_int(order, n),
+        subj=s,
+        obj=o,
+        image=_small_int(image[order], img_bound),
+        subj_start=_starts(np.bincount(s, minlength=n_subj)),
+        subj_images=_distinct_images_per_subject(subject, image_off, n_subj),
+        subj_objects=subj_objects,
+        subj_group_start=_starts(subj_objects),
+        group_start=_small_int(group_start, n),
+        group_images=group_images.astype(np.int32),
+        by_obj=_small_int(by_obj, n),
+        obj_start=_starts(np.bincount(o, minlength=n_obj)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Samples
+
+
+@dataclass(frozen=True, eq=False)
+class Samples:
+    """Mined triplets for ``ids``; rows are input row indices (-1 where not ``ok``).
+
+    ok:        accepted within ``max_draws`` (concreteness passed, if scored).
+    fallback:  target (or distractor) constraint unmet after ``max_target_attempts``;
+               the last draw was kept, as GeneCIS does.
+    draws:     number of draws used (== max_draws for failed triplets).
+    condition: change_*: target object code; focus_object: the shared object code;
+               focus_attribute: attribute type code of the reference value.
+    """
+
+    ids: NDArray[np.int64]
+    ref: NDArray[np.int64]
+    target: NDArray[np.int64]
+    distractor: NDArray[np.int64]
+    ok: NDArray[np.bool_]
+    fallback: NDArray[np.bool_]
+    draws: NDArray[np.int64]
+    condition: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class _Draws:
+    """Outcome of evaluating one batch of (id, draw) pairs (sorted positions)."""
+
+    ref: NDArray[np.int64]
+    target: NDArray[np.int64]
+    distractor: NDArray[np.int64]
+    accepted: NDArray[np.bool_]
+    fallback: NDArray[np.bool_]
+    condition: NDArray[np.int64]
+
+    @classmethod
+    def empty(cls, n: int) -> _Draws:
+        def minus_one() -> NDArray[np.int64]:
+            return np.full(n, -1, dtype=np.int64)
+
+        return cls(minus_one(), minus_one(), minus_one(), np.zeros(n, bool),
+                   np.zeros(n, bool), minus_one())
+
+    def put(self, where: NDArray[np.int64], **cols: NDArray) -> None:
+        for name, values in cols.items():
+            getattr(self, name)[where] = values
+
+
+# ---------------------------------------------------------------------------
+# Concreteness scoring with exact pruning
+
+
+_PRUNE_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """Mean-of-look-ups > threshold, with a conservative upper bound for pruning.
+
+    Look-ups, in summation order: for each of ref, target, distractor its subject
+    score (if ``subj`` given) then its object score (if ``obj`` given).
+    """
+
+    subj: NDArray[np.float64] | None
+    obj: NDArray[np.float64] | None
+    threshold: float
+
+    @property
+    def active(self) -> bool:
+        return self.subj is not None or self.obj is not None
+
+    @property
+    def n_lookups(self) -> int:
+        return 3 * ((self.subj is not None) + (self.obj is not None))
+
+    def bound(self, n_subj: int, n_obj: int) -> float:
+        """Largest possible sum of ``n_subj`` subject and ``n_obj`` object look-ups."""
+        best = n_subj * float(self.subj.max()) if self.subj is not None else 0.0
+        return best + (n_obj * float(self.obj.max()) if self.obj is not None else 0.0)
+
+    def could_pass(
+        self, known: NDArray[np.float64] | float, n_subj: int, n_obj: int, n: int
+    ) -> NDArray[np.bool_]:
+        """False only where even maximal unknown look-ups cannot pass (exact pruning)."""
+        if not self.active:
+            return np.ones(n, dtype=bool)
+        need = self.n_lookups * self.threshold - _PRUNE_EPS
+        return np.broadcast_to(known + self.bound(n_subj, n_obj) >= need, (n,))
+
+    def s(self, codes: NDArray[np.integer]) -> NDArray[np.float64] | float:
+        return self.subj[codes] if self.subj is not None else 0.0
+
+    def o(self, codes: NDArray[np.integer]) -> NDArray[np.float64] | float:
+        return self.obj[codes] if self.obj is not None else 0.0
+
+    def passes(self, index: PairIndex, *positions: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """Exact test on (ref, target, distractor) sorted positions."""
+        total = np.zeros(len(positions[0]), dtype=np.float64)
+        for pos in positions:
+            if self.subj is not None:
+                total += self.subj[index.subj[pos]]
+            if self.obj is not None:
+                total += self.obj[index.obj[pos]]
+        return total / self.n_lookups > self.threshold
+
+
+# ---------------------------------------------------------------------------
+# Per-call context
+
+
+@dataclass(frozen=True)
+class _FocusAttr:
+    """Groups usable as a focus_attribute reference, and same-type runs."""
+
+    group_type: NDArray[np.int64]
+    eligible_cum: NDArray[np.int64]  # cumulative eligible rows over groups
+    perm: NDArray[np.int64]  # groups ordered by (subject, type, obj)
+    pos: NDArray[np.int64]  # group -> position in perm
+    run_start: NDArray[np.int64]  # per perm position: start of its (subject, type) run
+    run_len: NDArray[np.int64]
+
+
+_GUIDE_BUCKETS = 1 << 18
+
+
+@dataclass(frozen=True)
+class _Categorical:
+    """Exact integer sampler over ``weights`` (inverse CDF) with a guide table.
+
+    ``r ~ U{0..total-1}`` maps to the first i with ``cum[i] > r``.  Bucket
+    ``r // width`` usually lies inside one category (answered by a gather); only
+    buckets straddling a boundary fall back to a binary search.
+    """
+
+    cum: NDArray[np.int64]
+    width: int
+    first: NDArray[np.int64]  # category of each bucket's first r
+    last: NDArray[np.int64]  # category of each bucket's last r
+
+    @classmethod
+    def build(cls, weights: NDArray[np.integer]) -> _Categorical:
+        cum = np.cumsum(weights, dtype=np.int64)
+        total = int(cum[-1])
+        width = max(1, -(-total // _GUIDE_BUCKETS))
+        lo = np.arange(0, total, width, dtype=np.int64)
+        hi = np.minimum(lo + width, total) - 1
+        first = np.searchsorted(cum, lo, side="right")
+        return cls(cum, width, first, np.searchsorted(cum, hi, side="right"))
+
+    @property
+    def total(self) -> int:
+        return int(self.cum[-1])
+
+    def pick(self, r: NDArray[np.int64]) -> NDArray[np.int64]:
+        bucket = r // self.width
+        out = self.first[bucket]
+        mixed = np.flatnonzero(out != self.last[bucket])
+        out[mixed] = np.searchsorted(self.cum, r[mixed], side="right")
+        return out
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    index: PairIndex
+    rule: MiningRule
+    seed: int
+    kind_id: int
+    cand: NDArray[np.int64]  # candidate subject codes
+    weights: _Categorical  # over candidates, by distinct-image count
+    scorer: _Scorer
+    focus: _FocusAttr | None = None
+
+
+def _candidate_mask(index: PairIndex, rule: MiningRule) -> NDArray[np.bool_]:
+    return (
+        (index.subj_images >= max(rule.min_images_per_subject, 1))
+        & (index.subj_objects >= rule.min_objects_per_subject)
+    )
+
+
+def _no_candidates(kind: str, index: PairIndex, rule: MiningRule, extra: str = "") -> ValueError:
+    best_img = int(index.subj_images.max()) if len(index.subj_images) else 0
+    best_obj = int(index.subj_objects.max()) if len(index.subj_objects) else 0
+    return ValueError(
+        f"{kind}: no candidate subject: need >= {rule.min_images_per_subject} distinct "
+        f"images and >= {rule.min_objects_per_subject} distinct objects{extra} "
+        f"(table has {index.n_rows} rows; best subject: {best_img} images, {best_obj} objects)"
+    )
+
+
+def _score_table(name: str, table: NDArray | None, n_codes: int) -> NDArray[np.float64] | None:
+    if table is None:
+        return None
+    table = np.asarray(table, dtype=np.float64)
+    if table.ndim != 1 or len(table) < n_codes:
+        raise ValueError(f"{name} must be 1-D covering {n_codes} codes, got shape {table.shape}")
+    if np.isnan(table).any():
+        raise ValueError(f"{name} contains NaN; use -1 for missing entries")
+    return table
+
+
+def _focus_attr_prep(index: PairIndex, object_type: NDArray | None) -> _FocusAttr:
+    if object_type is None:
+        raise ValueError("focus_attribute needs object_type (value code -> type code, -1 = untyped)")
+    object_type = np.asarray(object_type, dtype=np.int64)
+    if object_type.ndim != 1 or len(object_type) < len(index.obj_start) - 1:
+        raise ValueError(f"object_type must cover {len(index.obj_start) - 1} value codes")
+    first = index.group_start[:-1]
+    gtype = object_type[index.obj[first]]
+    gsubj = index.subj[first].astype(np.int64)
+    key = gsubj * (int(gtype.max(initial=-1)) + 2) + (gtype + 1)
+    perm = np.argsort(key, kind="stable")
+    skey = key[perm]
+    new_run = np.ones(len(skey), dtype=bool)
+    new_run[1:] = skey[1:] != skey[:-1]
+    run_id = np.cumsum(new_run) - 1
+    run_first = np.flatnonzero(new_run)
+    run_len = np.diff(np.append(run_first, len(skey)))[run_id]
+    pos = np.empty_like(perm)
+    pos[perm] = np.arange(len(perm))
+    same_type = run_len[pos]
+    eligible = (gtype >= 0) & (index.group_images >= 2) & (same_type >= 2)
+    sizes = np.diff(index.group_start).astype(np.int64) * eligible
+    return _FocusAttr(gtype, _starts(sizes), perm, pos, run_first[run_id], run_len)
+
+
+def _prepare(
+    kind: str,
+    index: PairIndex,
+    seed: int,
+    rule: MiningRule,
+    subject_score: NDArray | None,
+    object_score: NDArray | None,
+    object_type: NDArray | None,
+) -> _Ctx:
+    if kind not in KIND_IDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(KIND_IDS)}")
+    if index.n_rows == 0:
+        raise ValueError(f"{kind}: empty table (0 rows), nothing to mine")
+    scorer = _Scorer(
+        _score_table("subject_score", subject_score, len(index.subj_start) - 1),
+        _score_table("object_score", object_score, len(index.obj_start) - 1),
+        rule.concreteness_threshold,
+    )
+    mask = _candidate_mask(index, rule)
+    focus, extra = None, ""
+    if kind == "focus_object":  # the distractor needs another object of the subject
+        mask &= index.subj_objects >= 2
+    if kind == "focus_attribute":
+        focus = _focus_attr_prep(index, object_type)
+        sg = index.subj_group_start
+        mask &= focus.eligible_cum[sg[1:]] > focus.eligible_cum[sg[:-1]]
+        extra = (", plus a typed value seen in >= 2 images and another value of the"
+                 " same type")
+    cand = np.flatnonzero(mask)
+    if len(cand) == 0:
+        raise _no_candidates(kind, index, rule, extra)
+    weights = _Categorical.build(index.subj_images[cand])
+    return _Ctx(index, rule, int(seed), KIND_IDS[kind], cand, weights, scorer, focus)
+
+
+# ---------------------------------------------------------------------------
+# Shared drawing steps
+
+
+def _pick_subject(ctx: _Ctx, base: NDArray[np.uint64]) -> NDArray[np.int64]:
+    """subject ~ Categorical(candidates, p proportional to distinct-image count)."""
+    r = _below(base, SLOT_SUBJECT, ctx.weights.total)
+    return ctx.cand[ctx.weights.pick(r)]
+
+
+def _pick_row_of_subject(ctx: _Ctx, base: NDArray[np.uint64], s: NDArray) -> NDArray[np.int64]:
+    start = ctx.index.subj_start[s]
+    return start + _below(base, SLOT_REF, ctx.index.subj_start[s + 1] - start)
+
+
+def _pick_row_of_object(
+    index: PairIndex, base: NDArray[np.uint64], slot: int, o: NDArray
+) -> NDArray[np.int64]:
+    start = index.obj_start[o]
+    k = start + _below(base, slot, index.obj_start[o + 1] - start)
+    return index.by_obj[k].astype(np.int64)
+
+
+def _pick_row_of_group(
+    index: PairIndex, base: NDArray[np.uint64], slot: int, g: NDArray
+) -> NDArray[np.int64]:
+    start = index.group_start[g].astype(np.int64)
+    return start + _below(base, slot, index.group_start[g + 1] - start)
+
+
+def _group_of(index: PairIndex, pos: NDArray) -> NDArray[np.int64]:
+    return np.searchsorted(index.group_start, pos, side="right") - 1
+
+
+Proposer = Callable[[NDArray[np.int64], int], tuple[NDArray[np.int64], NDArray[np.bool_]]]
+
+
+def _attempts(n: int, max_attempts: int, propose: Proposer) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Rejection sampling, vectorised: ``propose(pending, attempt) -> (rows, ok)``.
+
+    Returns the first accepted row per item, or its last proposal, and a found mask.
+    """
+    rows = np.full(n, -1, dtype=np.int64)
+    found = np.zeros(n, dtype=bool)
+    pending = np.arange(n)
+    for attempt in range(max_attempts):
+        if pending.size == 0:
+            break
+        proposal, ok = propose(pending, attempt)
+        rows[pending] = proposal
+        found[pending[ok]] = True
+        pending = pending[~ok]
+    return rows, found
+
+
+def _target_ok(ctx: _Ctx, found: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    return found | (not ctx.rule.redraw_on_target_failure)
+
+
+# ---------------------------------------------------------------------------
+# Kinds: each evaluates a batch of (id, draw) pairs with exact early pruning.
+
+
+def _draw_change(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int64]) -> _Draws:
+    """change_object / change_attribute: same subject, other object, other image."""
+    idx, sc, out = ctx.index, ctx.scorer, _Draws.empty(len(ids))
+    live = np.arange(len(ids))
+    base = draw_base(ctx.seed, ctx.kind_id, ids, draws)
+    s = _pick_subject(ctx, base)
+    known = 2 * sc.s(s)  # ref and target share the subject
+    keep = np.flatnonzero(sc.could_pass(known, 1, 3, len(live)))
+    live, base, s, known = live[keep], base[keep], s[keep], _take(known, keep)
+    ref = _pick_row_of_subject(ctx, base, s)
+    known = known + sc.o(idx.obj[ref])
+    keep = np.flatnonzero(sc.could_pass(known, 1, 2, len(live)))
+    live, base, s, ref, known = live[keep], base[keep], s[keep], ref[keep], _take(known, keep)
+    g0 = idx.subj_group_start[s]
+    n_groups = idx.subj_objects[s]
+    ref_obj, ref_img = idx.obj[ref], idx.image[ref]
+
+    def propose(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        b = base[p]
+        g = g0[p] + _below(b, SLOT_TARGET + 2 * a, n_groups[p])
+        row = _pick_row_of_group(idx, b, SLOT_TARGET + 2 * a + 1, g)
+        return row, (idx.obj[row] != ref_obj[p]) & (idx.image[row] != ref_img[p])
+
+    tgt, found = _attempts(len(live), ctx.rule.max_target_attempts, propose)
+    tgt_obj = idx.obj[tgt]
+    # the distractor shares the target's object: only its subject is unknown
+    keep = _target_ok(ctx, found) & sc.could_pass(known + 2 * sc.o(tgt_obj), 1, 0, len(live))
+    live, base, ref, tgt, found, tgt_obj = (
+        live[keep], base[keep], ref[keep], tgt[keep], found[keep], tgt_obj[keep])
+    dist = _pick_row_of_object(idx, base, SLOT_DIST, tgt_obj)
+    accepted = sc.passes(idx, ref, tgt, dist) if sc.active else np.ones(len(live), bool)
+    out.put(live, ref=ref, target=tgt, distractor=dist, accepted=accepted,
+            fallback=~found, condition=tgt_obj)
+    return out
+
+
+def _take(known: NDArray[np.float64] | float, keep: NDArray[np.integer]) -> NDArray[np.float64] | float:
+    return known[keep] if isinstance(known, np.ndarray) else known
+
+
+def _draw_focus_object(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int64]) -> _Draws:
+    """focus_object: target shares the object (other subject, other image);
+    distractor shares the subject with another object (other image)."""
+    idx, sc, out = ctx.index, ctx.scorer, _Draws.empty(len(ids))
+    live = np.arange(len(ids))
+    base = draw_base(ctx.seed, ctx.kind_id, ids, draws)
+    s = _pick_subject(ctx, base)
+    known = 2 * sc.s(s)  # ref and distractor share the subject
+    keep = np.flatnonzero(sc.could_pass(known, 1, 3, len(live)))
+    live, base, s, known = live[keep], base[keep], s[keep], _take(known, keep)
+    ref = _pick_row_of_subject(ctx, base, s)
+    o = idx.obj[ref].astype(np.int64)
+    known = known + 2 * sc.o(o)  # ref and target share the object
+    keep = sc.could_pass(known, 1, 1, len(live))
+    live, base, s, ref, o, known = live[keep], base[keep], s[keep], ref[keep], o[keep], _take(known, keep)
+    ref_img = idx.image[ref]
+
+    def propose_target(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        row = _pick_row_of_object(idx, base[p], SLOT_TARGET + 2 * a, o[p])
+        return row, (idx.subj[row] != s[p]) & (idx.image[row] != ref_img[p])
+
+    tgt, found_t = _attempts(len(live), ctx.rule.max_target_attempts, propose_target)
+    keep = _target_ok(ctx, found_t) & sc.could_pass(known + sc.s(idx.subj[tgt]), 0, 1, len(live))
+    live, base, s, ref, o, tgt, found_t = (
+        live[keep], base[keep], s[keep], ref[keep], o[keep], tgt[keep], found_t[keep])
+    ref_img, tgt_img = idx.image[ref], idx.image[tgt]
+    g0, n_groups = idx.subj_group_start[s], idx.subj_objects[s].astype(np.int64)
+    own = _group_of(idx, ref) - g0
+
+    def propose_dist(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        b = base[p]
+        j = _below(b, SLOT_DIST_TRY + 2 * a, n_groups[p] - 1)
+        j += j >= own[p]  # skip the reference's own object
+        row = _pick_row_of_group(idx, b, SLOT_DIST_TRY + 2 * a + 1, g0[p] + j)
+        return row, (idx.image[row] != ref_img[p]) & (idx.image[row] != tgt_img[p])
+
+    dist, found_d = _attempts(len(live), ctx.rule.max_target_attempts, propose_dist)
+    found = found_t & found_d
+    ok = _target_ok(ctx, found) & (sc.passes(idx, ref, tgt, dist) if sc.active else True)
+    out.put(live, ref=ref, target=tgt, distractor=dist, accepted=ok, fallback=~found,
+            condition=o)
+    return out
+
+
+def _draw_focus_attribute(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int64]) -> _Draws:
+    """focus_attribute: target = same noun and value, other image; distractor =
+    same noun, another value of the same type; condition = the type."""
+    idx, sc, fa, out = ctx.index, ctx.scorer, ctx.focus, _Draws.empty(len(ids))
+    assert fa is not None
+    live = np.arange(len(ids))
+    base = draw_base(ctx.seed, ctx.kind_id, ids, draws)
+    s = _pick_subject(ctx, base)
+    known = 3 * sc.s(s)  # one noun for all three rows
+    keep = np.flatnonzero(sc.could_pass(known, 0, 3, len(live)))
+    live, base, s, known = live[keep], base[keep], s[keep], _take(known, keep)
+    c0 = fa.eligible_cum[idx.subj_group_start[s]]
+    flat = c0 + _below(base, SLOT_REF, fa.eligible_cum[idx.subj_group_start[s + 1]] - c0)
+    g = np.searchsorted(fa.eligible_cum, flat, side="right") - 1
+    ref = idx.group_start[g].astype(np.int64) + (flat - fa.eligible_cum[g])
+    keep = sc.could_pass(known + 2 * sc.o(idx.obj[ref]), 0, 1, len(live))
+    live, base, g, ref = live[keep], base[keep], g[keep], ref[keep]
+    ref_img = idx.image[ref]
+
+    def propose_target(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        row = _pick_row_of_group(idx, base[p], SLOT_TARGET + 2 * a, g[p])
+        return row, idx.image[row] != ref_img[p]
+
+    tgt, found_t = _attempts(len(live), ctx.rule.max_target_attempts, propose_target)
+    tgt_img = idx.image[tgt]
+    here = fa.pos[g]
+    run0, run_n = fa.run_start[here], fa.run_len[here]
+
+    def propose_dist(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        b = base[p]
+        j = run0[p] + _below(b, SLOT_DIST_TRY + 2 * a, run_n[p] - 1)
+        j += j >= here[p]  # skip the reference's own value
+        row = _pick_row_of_group(idx, b, SLOT_DIST_TRY + 2 * a + 1, fa.perm[j])
+        return row, (idx.image[row] != ref_img[p]) & (idx.image[row] != tgt_img[p])
+
+    dist, found_d = _attempts(len(live), ctx.rule.max_target_attempts, propose_dist)
+    found = found_t & found_d
+    ok = _target_ok(ctx, found) & (sc.passes(idx, ref, tgt, dist) if sc.active else True)
+    out.put(live, ref=ref, target=tgt, distractor=dist, accepted=ok, fallback=~found,
+            condition=fa.group_type[g])
+    return out
+
+
+_DRAWERS: dict[str, Callable[[_Ctx, NDArray[np.int64], NDArray[np.int64]], _Draws]] = {
+    "change_object": _draw_change,
+    "change_attribute": _draw_change,
+    "focus_object": _draw_focus_object,
+    "focus_attribute": _draw_focus_attribute,
+}
+
+
+# ---------------------------------------------------------------------------
+# Driver
+
+_BATCH = 1 << 18  # (id, draw) pairs evaluated per round once few ids remain
+_MAX_DRAWS_PER_ROUND = 4096
+_CHUNK = 1 << 20  # ids per independent chunk (bounds memory)
+
+
+def _accept_rounds(ctx: _Ctx, ids: NDArray[np.int64], drawer: Callable, out: dict) -> None:
+    """Draw rounds for one chunk; draws of an id are tried in order, first pass wins."""
+    active = np.arange(len(ids))
+    d = 0
+    while active.size and d < ctx.rule.max_draws:
+        k = min(max(1, _BATCH // active.size), _MAX_DRAWS_PER_ROUND, ctx.rule.max_draws - d)
+        rep = np.repeat(ids[active], k)
+        draw = np.tile(np.arange(d, d + k, dtype=np.int64), active.size)
+        got = drawer(ctx, rep, draw)
+        acc = got.accepted.reshape(active.size, k)
+        hit = acc.any(axis=1)
+        first = acc.argmax(axis=1)[hit]
+        pick = np.flatnonzero(hit) * k + first
+        where = active[hit]
+        for name in ("ref", "target", "distractor", "fallback", "condition"):
+            out[name][where] = getattr(got, name)[pick]
+        out["ok"][where] = True
+        out["draws"][where] = d + first + 1
+        active = active[~hit]
+        d += k
+    out["draws"][active] = ctx.rule.max_draws
+
+
+def _could_ever_pass(ctx: _Ctx) -> bool:
+    sc = ctx.scorer
+    n_s = 3 if sc.subj is not None else 0
+    n_o = 3 if sc.obj is not None else 0
+    return bool(sc.could_pass(0.0, n_s, n_o, 1)[0])
+
+
+def sample(
+    kind: str,
+    index: PairIndex,
+    ids: NDArray[np.int64],
+    seed: int,
+    rule: MiningRule = MiningRule(),
+    subject_score: NDArray[np.float64] | None = None,
+    object_score: NDArray[np.float64] | None = None,
+    object_type: NDArray[np.integer] | None = None,
+) -> Samples:
+    """Mine triplets ``ids`` of ``kind``; each depends only on (seed, kind, id).
+
+    Concreteness (GeneCIS §1.4) is applied when a score array is given: the mean
+    of the subject (and/or object) scores of ref, target and distractor must be
+    > ``rule.concreteness_threshold``; otherwise the whole triplet is redrawn with
+    the next draw counter, at most ``rule.max_draws`` times (then ``ok`` is False).
+    Score arrays are indexed by code and hold -1 for missing entries.
+    """
+    ctx = _prepare(kind, index, seed, rule, subject_score, object_score, object_type)
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    n = len(ids)
+    out = {name: np.full(n, -1, dtype=np.int64)
+           for name in ("ref", "target", "distractor", "condition", "draws")}
+    out["ok"] = np.zeros(n, dtype=bool)
+    out["fallback"] = np.zeros(n, dtype=bool)
+    if not _could_ever_pass(ctx):
+        out["draws"][:] = rule.max_draws
+    else:
+        for lo in range(0, n, _CHUNK):
+            chunk = {name: col[lo:lo + _CHUNK] for name, col in out.items()}
+            _accept_rounds(ctx, ids[lo:lo + _CHUNK], _DRAWERS[kind], chunk)
+    return Samples(
+        ids=ids,
+        ref=index.rows(out["ref"]),
+        target=index.rows(out["target"]),
+        distractor=index.rows(out["distractor"]),
+        ok=out["ok"],
+        fallback=out["fallback"] & out["ok"],
+        draws=out["draws"],
+        condition=out["condition"],
+    )
+
+
+def split_of(ids: NDArray[np.int64], n_total: int, val_fraction: float = 0.1) -> NDArray[np.bool_]:
+    """True for validation ids: the first ``floor(n_total * val_fraction)`` ids."""
+    n_val = int(n_total * val_fraction + 1e-9)
+    return np.asarray(ids, dtype=np.int64) < n_val

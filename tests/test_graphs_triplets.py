@@ -1,0 +1,87 @@
+"""Ray-free cores of the pipeline: shard -> graph Parquet + marker, explode, encode, chunk plan."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster import storage
+from miner import triplets as T
+from miner.graphs import GRAPH_SCHEMA, explode_rows, process_shard
+from miner.readers import CaptionRules, plan_shards
+
+
+def _fake_parse(captions):
+    """A stand-in parse function for the writer test: one entity per word, a relation between the first two."""
+    out = []
+    for c in captions:
+        words = c.split()
+        ents = [{"name": w, "attributes": ["red"] if i == 0 else []} for i, w in enumerate(words)]
+        rels = [{"subject": 0, "predicate": "near", "object": 1}] if len(words) > 1 else []
+        out.append({"caption": c, "entities": ents, "relations": rels})
+    return out
+
+
+def test_process_shard_writes_parquet_then_marker(tmp_path):
+    src = tmp_path / "in.tsv"
+    src.write_text("dog ball\thttp://a\n\thttp://b\ncat\thttp://c\n")
+    spec = plan_shards(str(src), "cc3m-tsv", 1 << 20)[0]
+    graphs = storage.resolve(str(tmp_path / "graphs"))
+    stats = process_shard(spec, _fake_parse, graphs, CaptionRules(), batch_size=1)
+    assert stats["read"] == 3 and stats["parsed"] == 2 and stats["skipped"] == {"empty_caption": 1}
+    marker = tmp_path / "graphs" / "_stats" / "part-00000.json"
+    table = pq.read_table(tmp_path / "graphs" / "part-00000.parquet")
+    assert json.loads(marker.read_text())["relations"] == 1
+    assert table.schema == GRAPH_SCHEMA and table.column("key").to_pylist() == ["000000000000", "000000000002"]
+    assert marker.stat().st_mtime_ns >= (tmp_path / "graphs" / "part-00000.parquet").stat().st_mtime_ns
+
+
+def _graph_table() -> pa.Table:
+    graphs = [
+        {"entities": [{"name": "man", "attributes": ["young"]}, {"name": "horse", "attributes": []},
+                      {"name": "field", "attributes": ["green", "large"]}],
+         "relations": [{"subject": 0, "predicate": "ride", "object": 1},
+                       {"subject": 1, "predicate": "in", "object": 2}]},
+        {"entities": [], "relations": []},
+        {"entities": [{"name": "cat", "attributes": ["black"]}], "relations": []},
+    ]
+    return pa.table({"caption_id": pa.array([7, 8, 9], pa.int64()), "key": ["a", "b", "c"],
+                     "url": ["u", "v", "w"], "caption": ["x", "y", "z"],
+                     "graph": pa.array(graphs, GRAPH_SCHEMA.field("graph").type)}, schema=GRAPH_SCHEMA)
+
+
+def test_explode_rows_names_entities_by_caption():
+    parts = explode_rows(_graph_table())
+    assert parts["relation"].to_pylist() == [
+        {"caption_id": 7, "subject": "man", "predicate": "ride", "object": "horse"},
+        {"caption_id": 7, "subject": "horse", "predicate": "in", "object": "field"}]
+    assert parts["attribute"].to_pylist() == [
+        {"caption_id": 7, "subject": "man", "object": "young"},
+        {"caption_id": 7, "subject": "field", "object": "green"},
+        {"caption_id": 7, "subject": "field", "object": "large"},
+        {"caption_id": 9, "subject": "cat", "object": "black"}]
+
+
+def test_encode_uses_sorted_vocabularies():
+    parts = explode_rows(_graph_table())
+    vocabs = T.Vocabs.from_names({v: list(set(t.column("name").to_pylist()))
+                                  for v, t in _by_vocab(T.vocab_names(parts)).items()})
+    assert vocabs.entity.to_pylist() == ["cat", "field", "horse", "man"]
+    rel = T.encode("relation", parts["relation"], vocabs)
+    assert rel.column("subject").to_pylist() == [3, 2] and rel.column("object").to_pylist() == [2, 1]
+    assert vocabs.predicate.to_pylist() == ["in", "ride"] and rel.column("predicate").to_pylist() == [1, 0]
+
+
+def _by_vocab(names: pa.Table) -> dict[str, pa.Table]:
+    return {v: names.filter(pa.compute.equal(names.column("vocab"), v)) for v in set(names.column("vocab").to_pylist())}
+
+
+def test_chunk_plan_keeps_val_first_and_never_straddles():
+    chunks = T.plan_chunks(("change_object", "focus_object"), 1000, 0.1, 300)
+    co = [c for c in chunks if c.kind == "change_object"]
+    assert [(c.split, c.lo, c.hi) for c in co] == [("val", 0, 100), ("train", 100, 400), ("train", 400, 700),
+                                                   ("train", 700, 1000)]
+    assert len({c.name for c in chunks}) == len(chunks)
+    assert np.sum([c.hi - c.lo for c in chunks]) == 2000
