@@ -1,0 +1,1 @@
+"""GeneCIS triplet miner: caption scene-graph parsing and conditional-similarity triplet mining."""
