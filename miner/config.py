@@ -35,6 +35,8 @@ class MinerConfig:
     min_images_per_subject: int = _f(5, "candidate subjects need this many distinct images")
     min_objects_per_subject: int = _f(2, "candidate subjects need this many distinct objects")
     max_target_attempts: int = _f(100, "target re-draws before keeping the last one (as GeneCIS)")
+    redraw_on_target_failure: bool = _f(False, "deviation from GeneCIS: redraw the whole sample instead of "
+                                               "keeping (and flagging) an invalid last target")
     concreteness: bool = _f(True, "apply the concreteness filter")
     concreteness_threshold: float = _f(4.8, "accept a sample when its mean concreteness is strictly above this")
     concreteness_table: str | None = _f(None, "word<TAB>score table (default: the shipped Brysbaert et al. table)")
@@ -57,6 +59,7 @@ class MinerConfig:
     def output_defining_fields() -> tuple[str, ...]:
         return ("input", "format", "shard_bytes", "row_groups_per_shard", "max_caption_chars",
                 "min_ascii_letter_ratio", "spacy_model", "num_triplets", "seed", "kinds",
-                "min_images_per_subject", "min_objects_per_subject", "max_target_attempts", "concreteness",
+                "min_images_per_subject", "min_objects_per_subject", "max_target_attempts",
+                "redraw_on_target_failure", "concreteness",
                 "concreteness_threshold", "concreteness_table", "max_draws", "val_fraction",
                 "triplets_per_shard")

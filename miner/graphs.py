@@ -7,8 +7,10 @@ write is a single atomic object/rename, so a half-written shard is never read).
 from __future__ import annotations
 
 import io
+import os
+import socket
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,46 +39,57 @@ def stats_location(graphs: storage.Location, shard_id: int) -> storage.Location:
     return graphs.child("_stats", shard_name(shard_id) + ".json")
 
 
-def process_shard(spec: ShardSpec, parse_many: Callable[[Sequence[str]], list[dict]],
-                  graphs: storage.Location, rules: CaptionRules, batch_size: int = 2048,
+def process_shard(spec: ShardSpec, parse_iter: Callable[[Iterable[str]], Iterator[dict]],
+                  graphs: storage.Location, rules: CaptionRules, report_every: int = 2048,
                   on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Read, validate, parse and write one shard; returns (and writes, last) its stats."""
+    """Read, validate, parse and write one shard; returns (and writes, last) its stats.
+
+    Captions stream through one ``parse_iter`` call (one ``nlp.pipe`` for the whole shard), so spaCy's
+    batching is never restarted; records are kept only for the valid captions of this shard.
+    """
     t0, started = time.monotonic(), time.time()
     skips = SkipCounter()
     where = f"{spec.uri} shard {spec.shard_id}"
-    tables, read, pending = [], 0, []
-    for item in read_shard(spec, rules):
-        read += 1
-        if isinstance(item, Skip):
-            skips.add(item, where)
-            if on_progress:
-                on_progress(0, 1)
-            continue
-        pending.append(item)
-        if len(pending) >= batch_size:
-            tables.append(_parse_batch(spec.shard_id, pending, parse_many))
-            on_progress and on_progress(len(pending), 0)
-            pending = []
-    if pending:
-        tables.append(_parse_batch(spec.shard_id, pending, parse_many))
-        on_progress and on_progress(len(pending), 0)
-    table = pa.concat_tables(tables) if tables else GRAPH_SCHEMA.empty_table()
+    records: list[Record] = []
+    counts = {"read": 0, "skipped_since_report": 0}
+
+    def captions() -> Iterator[str]:
+        for item in read_shard(spec, rules):
+            counts["read"] += 1
+            if isinstance(item, Skip):
+                skips.add(item, where)
+                counts["skipped_since_report"] += 1
+                continue
+            records.append(item)
+            yield item.caption
+
+    parsed: list[dict] = []
+    for graph in parse_iter(captions()):
+        parsed.append({"entities": graph["entities"], "relations": graph["relations"]})
+        if on_progress and len(parsed) % report_every == 0:
+            on_progress(report_every, counts["skipped_since_report"])
+            counts["skipped_since_report"] = 0
+    if on_progress:
+        on_progress(len(parsed) % report_every, counts["skipped_since_report"])
+    table = _graph_table(spec.shard_id, records, parsed)
     _write_parquet(graphs.child(shard_name(spec.shard_id) + ".parquet"), table)
-    stats = {"shard_id": spec.shard_id, "uri": spec.uri, "range": [spec.start, spec.end], "read": read,
+    stats = {"shard_id": spec.shard_id, "uri": spec.uri, "range": [spec.start, spec.end], "read": counts["read"],
              "parsed": table.num_rows, "skipped": skips.counts, "skip_examples": skips.examples,
              "relations": _count_relations(table), "seconds": round(time.monotonic() - t0, 3),
-             "started": started, "finished": time.time()}
+             "started": started, "finished": time.time(), "worker": f"{socket.gethostname()}:{os.getpid()}"}
     storage.write_json(stats_location(graphs, spec.shard_id), stats)
     return stats
 
 
-def _parse_batch(shard_id: int, records: list[Record], parse_many) -> pa.Table:
-    parsed = parse_many([r.caption for r in records])
-    graphs = [{"entities": g["entities"], "relations": g["relations"]} for g in parsed]
+def _graph_table(shard_id: int, records: list[Record], graphs: list[dict]) -> pa.Table:
+    if len(records) != len(graphs):
+        raise RuntimeError(f"shard {shard_id}: parser returned {len(graphs)} graphs for {len(records)} captions")
     return pa.table({
         "caption_id": pa.array([caption_id(shard_id, r.row) for r in records], pa.int64()),
-        "key": [r.key for r in records], "url": [r.url for r in records],
-        "caption": [r.caption for r in records], "graph": pa.array(graphs, GRAPH)}, schema=GRAPH_SCHEMA)
+        "key": pa.array([r.key for r in records], pa.string()),
+        "url": pa.array([r.url for r in records], pa.string()),
+        "caption": pa.array([r.caption for r in records], pa.string()),
+        "graph": pa.array(graphs, GRAPH)}, schema=GRAPH_SCHEMA)
 
 
 def _write_parquet(loc: storage.Location, table: pa.Table) -> None:

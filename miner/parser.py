@@ -333,17 +333,18 @@ class _GraphBuilder:
         self._seen_relations: set[tuple[int, str, int]] = set()
 
     # -- entities -----------------------------------------------------------
-    def build(self) -> dict[str, Any]:
-        for token in self.doc:
+    def build(self, text: str) -> dict[str, Any]:
+        tokens = list(self.doc)  # one pass of Token creation serves both loops
+        for token in tokens:
             if self._is_entity_head(token):
                 self._add_entity(token)
-        for token in self.doc:
+        for token in tokens:
             if token.i in self.token_entity or _is_quantity(token):
                 self._noun_relations(token)
             elif token.pos_ in ("VERB", "AUX") or _child(token, SUBJECT_DEPS) or _is_gerund_head(token):
                 self._verb_relations(token)
         entities, relations = _merge_duplicates(self.entities, self.relations)
-        return {"caption": self.doc.text, "entities": entities, "relations": relations}
+        return {"caption": text, "entities": entities, "relations": relations}
 
     def _is_entity_head(self, token: Token) -> bool:
         if token.lower_ in PERSON_WORDS:
@@ -749,9 +750,10 @@ def empty_graph(caption: str) -> dict[str, Any]:
 
 def graph_from_doc(doc: Doc) -> dict[str, Any]:
     """Turn a parsed spaCy ``Doc`` into a FACTUAL-style scene graph (pure function)."""
-    if not doc.text.strip():
-        return empty_graph(doc.text)
-    return _GraphBuilder(doc).build()
+    text = doc.text
+    if not text.strip():
+        return empty_graph(text)
+    return _GraphBuilder(doc).build(text)
 
 
 class SceneGraphParser:

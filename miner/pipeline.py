@@ -111,7 +111,6 @@ class ParseShardWorker:
         self.rules = CaptionRules(cfg["max_caption_chars"], cfg["min_ascii_letter_ratio"])
         self.graphs = storage.resolve(graphs_uri)
         self.counter = counter
-        self.batch = cfg["parse_batch_size"] * 4
 
     def _report(self, parsed: int, skipped: int) -> None:
         self.counter.add.remote(parsed, skipped)
@@ -121,7 +120,7 @@ class ParseShardWorker:
         for i in range(len(batch["shard_id"])):
             spec = ShardSpec(int(batch["shard_id"][i]), str(batch["uri"][i]), str(batch["fmt"][i]),
                              int(batch["start"][i]), int(batch["end"][i]))
-            s = G.process_shard(spec, self.parser.parse_many, self.graphs, self.rules, self.batch, self._report)
+            s = G.process_shard(spec, self.parser.iter_parse, self.graphs, self.rules, on_progress=self._report)
             stats.append(json.dumps(s))
         return {"shard_id": [int(x) for x in batch["shard_id"]], "stats": stats}
 
@@ -296,6 +295,7 @@ def _rule(cfg: MinerConfig):
     return MiningRule(min_images_per_subject=cfg.min_images_per_subject,
                       min_objects_per_subject=cfg.min_objects_per_subject,
                       max_target_attempts=cfg.max_target_attempts,
+                      redraw_on_target_failure=cfg.redraw_on_target_failure,
                       concreteness_threshold=cfg.concreteness_threshold, max_draws=cfg.max_draws,
                       val_fraction=cfg.val_fraction)
 

@@ -142,6 +142,8 @@ def _text_record(spec: ShardSpec, row: int, raw: bytes, rules: CaptionRules) -> 
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return Skip(BAD_UTF8, row, raw[:120].decode("utf-8", "replace"))
+    if not text.strip():
+        return Skip(EMPTY, row, "blank line")
     if spec.fmt == "cc3m-tsv":
         fields = text.split("\t")
         if len(fields) != 2:

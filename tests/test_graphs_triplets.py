@@ -15,13 +15,11 @@ from miner.readers import CaptionRules, plan_shards
 
 def _fake_parse(captions):
     """A stand-in parse function for the writer test: one entity per word, a relation between the first two."""
-    out = []
     for c in captions:
         words = c.split()
         ents = [{"name": w, "attributes": ["red"] if i == 0 else []} for i, w in enumerate(words)]
         rels = [{"subject": 0, "predicate": "near", "object": 1}] if len(words) > 1 else []
-        out.append({"caption": c, "entities": ents, "relations": rels})
-    return out
+        yield {"caption": c, "entities": ents, "relations": rels}
 
 
 def test_process_shard_writes_parquet_then_marker(tmp_path):
@@ -29,7 +27,7 @@ def test_process_shard_writes_parquet_then_marker(tmp_path):
     src.write_text("dog ball\thttp://a\n\thttp://b\ncat\thttp://c\n")
     spec = plan_shards(str(src), "cc3m-tsv", 1 << 20)[0]
     graphs = storage.resolve(str(tmp_path / "graphs"))
-    stats = process_shard(spec, _fake_parse, graphs, CaptionRules(), batch_size=1)
+    stats = process_shard(spec, _fake_parse, graphs, CaptionRules(), report_every=1)
     assert stats["read"] == 3 and stats["parsed"] == 2 and stats["skipped"] == {"empty_caption": 1}
     marker = tmp_path / "graphs" / "_stats" / "part-00000.json"
     table = pq.read_table(tmp_path / "graphs" / "part-00000.parquet")

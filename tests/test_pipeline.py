@@ -70,12 +70,13 @@ def test_triplets_follow_the_genecis_rule(s3_run):
     conc = load_concreteness()
     rows = [r for r in t.to_pylist() if r["kind"] == "change_object"]
     assert len(rows) > 0.95 * N
+    assert sum(r["target_fallback"] for r in rows) < 0.02 * len(rows)
     for r in rows:
         assert r["target_subject"] == r["subject"]
-        assert r["target_object"] != r["ref_object"]
         assert r["distractor_object"] == r["target_object"]
         assert r["condition"].endswith(" " + r["target_object"])
-        if not r["target_fallback"]:
+        if not r["target_fallback"]:  # GeneCIS keeps the 100th draw when none was valid; we flag it
+            assert r["target_object"] != r["ref_object"]
             assert r["ref_caption_id"] != r["target_caption_id"]
         names = [r["subject"], r["ref_object"], r["target_subject"], r["target_object"],
                  r["distractor_subject"], r["distractor_object"]]
