@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: test deps deps-system bench clean-venv
 
 test: deps deps-system
-	bash cluster/local/with_services.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 deps: $(STAMP)
 

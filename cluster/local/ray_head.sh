@@ -24,7 +24,8 @@ start() {
   export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
   setsid "$RAY" start --head --port="$port" --num-cpus="${RAY_NUM_CPUS:-2}" --disable-usage-stats \
     --temp-dir="$DIR/tmp" --object-store-memory="${RAY_OBJECT_STORE_BYTES:-2000000000}" \
-    --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" >"$DIR/start.log" 2>&1
+    --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" >"$DIR/start.log" 2>&1 \
+    || { echo "ray start failed:" >&2; tail -20 "$DIR/start.log" >&2; return 1; }
   local gcs; gcs=$(pgrep -f "gcs_server.*$DIR/tmp" | head -1)
   ps -o sid= -p "$gcs" | tr -d ' ' > "$DIR/sid"
   cat > "$DIR/ray.env" <<EOE
