@@ -48,12 +48,22 @@ def run(cfg: MinerConfig) -> dict[str, Any]:
     graphs = out.child("graphs")
     parse_stats = parse_stage(cfg, specs, graphs)
     t_parse = time.monotonic() - t0
+    _log_skips(parse_stats)
     mine_stats = mine_stage(cfg, out, graphs, sorted(parse_stats))
     manifest = build_manifest(cfg, specs, parse_stats, mine_stats,
                               {"parse_s": round(t_parse, 1), "total_s": round(time.monotonic() - t0, 1)})
     storage.write_json(manifest_loc, manifest)
     log.info("wrote %s", manifest_loc.uri)
     return manifest
+
+
+def _log_skips(parse_stats: dict[int, dict], examples: int = 3) -> None:
+    """One line per skip reason with its count and the first few examples."""
+    skips = SkipCounter(max_examples=examples)
+    for st in parse_stats.values():
+        skips.merge(st["skipped"], st["skip_examples"])
+    for reason, n in sorted(skips.counts.items()):
+        log.warning("skipped %d captions as %s, e.g. %s", n, reason, " | ".join(skips.examples[reason]))
 
 
 def _check_config(out: storage.Location, cfg: MinerConfig) -> None:
