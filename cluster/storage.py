@@ -153,6 +153,22 @@ def write_bytes_atomic(loc: Location, data: bytes) -> None:
     os.replace(tmp, loc.path)
 
 
+def write_many(items: list[tuple[Location, bytes]], threads: int = 16) -> None:
+    """Write many small objects: sequentially on a local disk, with concurrent PUTs on S3 (each PUT
+    is a round trip; 16 in flight turn ~20 objects/s into hundreds)."""
+    if not items:
+        return
+    if not items[0][0].is_s3 or threads <= 1:
+        for loc, data in items:
+            write_bytes_atomic(loc, data)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        for _ in pool.map(lambda item: write_bytes_atomic(*item), items):
+            pass
+
+
 def write_json(loc: Location, obj) -> None:
     write_bytes_atomic(loc, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from cluster.config import config_to_dict, parse_config
 from cluster.storage import (Location, StorageError, ensure_dir, exists, read_bytes, read_json, require_writable,
-                             resolve, write_bytes_atomic, write_json)
+                             resolve, write_bytes_atomic, write_json, write_many)
 from synthetic.oracles import (ALL_ATTRIBUTE_TYPES, ATTRIBUTE_TASKS, GALLERY_SIZE, OBJECT_TASKS, TASKS,
                                TemplateError, check_template, is_valid, oracle_ranks, recall_summary)
 from synthetic import scene as sc
@@ -432,12 +432,11 @@ def _init_worker(avoid: frozenset) -> None:
 def _write_images(root: Location, template: dict, texture: bool, quality: int) -> tuple[int, int]:
     from synthetic.render import encode_jpeg, render_scene  # lazy: rendering only where images are made
 
-    n = size = 0
-    for item in template_items(template):
-        data = encode_jpeg(render_scene(Scene.from_json(item["scene"]), texture), quality)
-        write_bytes_atomic(root.child(image_relpath(template["task"], item["image_id"])), data)
-        n, size = n + 1, size + len(data)
-    return n, size
+    writes = [(root.child(image_relpath(template["task"], item["image_id"])),
+               encode_jpeg(render_scene(Scene.from_json(item["scene"]), texture), quality))
+              for item in template_items(template)]
+    write_many(writes)
+    return len(writes), sum(len(data) for _, data in writes)
 
 
 def build_chunk(cfg: BenchmarkConfig, task: str, start: int, stop: int, avoid: frozenset | None = None

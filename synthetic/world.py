@@ -190,8 +190,7 @@ def write_shard(cfg: WorldConfig, shard: int) -> dict[str, Any]:
     start, stop = cfg.shard_range(shard)
     samples = [make_sample(cfg, spec, out, i) for i in range(start, stop)]
     if cfg.write_images:
-        for s in samples:
-            storage.write_bytes_atomic(out.child("images", f"{s.key}.jpg"), s.jpeg)
+        storage.write_many([(out.child("images", f"{s.key}.jpg"), s.jpeg) for s in samples])
     tar, index = shard_tar(samples), shard_index(samples)
     storage.write_bytes_atomic(out.child("shards", shard_name(shard, ".tar")), tar)
     storage.write_bytes_atomic(out.child("index", shard_name(shard, ".parquet")), index)
