@@ -16,6 +16,11 @@ from typing import Any, Sequence, TypeVar
 T = TypeVar("T")
 
 
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A config field with a default and its ``--help`` text (extra metadata: ``choices``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cluster.config import config_to_dict, parse_config
+from cluster.config import config_to_dict, option, parse_config
 from cluster.storage import (Location, StorageError, ensure_dir, exists, read_bytes, read_json, require_writable,
                              resolve, write_bytes_atomic, write_json, write_many)
 from synthetic.oracles import (ALL_ATTRIBUTE_TYPES, ATTRIBUTE_TASKS, GALLERY_SIZE, OBJECT_TASKS, TASKS,
@@ -51,39 +51,36 @@ N_SIMILAR, N_DISSIMILAR = 9, 5  # object-task slots 0-8 and 9-13
 JSON_SEPARATORS = (",", ":")
 
 
-def _f(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
-
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """Build a GeneCIS-format benchmark (4 tasks) from the synthetic world, every template proved."""
 
     output: str = field(metadata={"help": "output root, local or s3://bucket/prefix"})
-    templates: int = _f(2000, "templates per task (GeneCIS: 2,000 / 2,112 / 1,960 / 1,960)")
-    seed: int = _f(0, "template i of task t draws from default_rng((seed, stream(t), i, attempt))")
+    templates: int = option(2000, "templates per task (GeneCIS: 2,000 / 2,112 / 1,960 / 1,960)")
+    seed: int = option(0, "template i of task t draws from default_rng((seed, stream(t), i, attempt))")
     # the look of the world: pass the training world's values (python -m synthetic world)
-    image_size: int = _f(64, "image side in pixels")
-    grid: int = _f(3, "objects sit in the cells of a grid x grid layout")
-    min_objects: int = _f(1, "fewest objects per object-task scene (references use at least 2 / 3)")
-    max_objects: int = _f(4, "most objects per object-task scene")
-    shapes: tuple[str, ...] = _f(sc.SHAPES, "object kinds", choices=sc.SHAPES)
-    colours: tuple[str, ...] = _f(tuple(sc.COLOURS), "object colours", choices=tuple(sc.COLOURS))
-    backgrounds: tuple[str, ...] = _f(tuple(sc.BACKGROUNDS), "background tints", choices=tuple(sc.BACKGROUNDS))
-    texture: bool = _f(True, "faint background gradient (as the world)")
-    jpeg_quality: int = _f(90, "JPEG quality (4:4:4, baseline)")
-    tasks: tuple[str, ...] = _f(TASKS, "tasks to build", choices=TASKS)
-    attribute_types: tuple[str, ...] = _f(
+    image_size: int = option(64, "image side in pixels")
+    grid: int = option(3, "objects sit in the cells of a grid x grid layout")
+    min_objects: int = option(1, "fewest objects per object-task scene (references use at least 2 / 3)")
+    max_objects: int = option(4, "most objects per object-task scene")
+    shapes: tuple[str, ...] = option(sc.SHAPES, "object kinds", choices=sc.SHAPES)
+    colours: tuple[str, ...] = option(tuple(sc.COLOURS), "object colours", choices=tuple(sc.COLOURS))
+    backgrounds: tuple[str, ...] = option(tuple(sc.BACKGROUNDS), "background tints", choices=tuple(sc.BACKGROUNDS))
+    texture: bool = option(True, "faint background gradient (as the world)")
+    jpeg_quality: int = option(90, "JPEG quality (4:4:4, baseline)")
+    tasks: tuple[str, ...] = option(TASKS, "tasks to build", choices=TASKS)
+    attribute_types: tuple[str, ...] = option(
         ("color", "pattern"), "attribute types used as conditions; 'size' is off by default because the "
         "§4.2 crop scales with the box, so small and large crops look alike", choices=ALL_ATTRIBUTE_TYPES)
-    attribute_context: int = _f(2, "max other objects in an attribute-task image (0 = the object alone)")
-    avoid_world_scenes: int = _f(10_000, "redraw a template if any of its scenes equals (objects, cells, "
+    attribute_context: int = option(2, "max other objects in an attribute-task image (0 = the object alone)")
+    avoid_world_scenes: int = option(10_000, "redraw a template if any of its scenes equals (objects, cells, "
                                          "background) one of the training world's first N scenes (0: off; "
                                          "default: the world's default size)")
-    world_seed: int = _f(0, "seed of the training world for --avoid-world-scenes")
-    workers: int = _f(2, "processes rendering and writing (<= 1: in this process)")
-    chunk: int = _f(50, "templates per worker job")
-    verify: bool = _f(True, "re-run the proof and the oracles from the written files before the manifest")
+    world_seed: int = option(0, "seed of the training world for --avoid-world-scenes")
+    workers: int = option(2, "processes rendering and writing (<= 1: in this process)")
+    chunk: int = option(50, "templates per worker job")
+    verify: bool = option(True, "re-run the proof and the oracles from the written files before the manifest")
 
     def __post_init__(self) -> None:
         if self.templates < 1 or self.templates * ID_SLOTS >= BENCH_ID_BASE:

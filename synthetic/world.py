@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from cluster import storage
-from cluster.config import config_to_dict, parse_config
+from cluster.config import config_to_dict, option, parse_config
 from synthetic import captions as cap
 from synthetic import scene as sc
 from synthetic.render import encode_jpeg, render_scene
@@ -44,31 +44,28 @@ TAR_MTIME = 946684800  # 2000-01-01: a fixed mtime so shards are byte-identical 
 KEY_DIGITS = 9
 
 
-def _f(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
-
 
 @dataclass(frozen=True)
 class WorldConfig:
     """Generate a synthetic image-caption world (images, webdataset shards, Parquet index, CC3M TSV)."""
 
     output: str = field(metadata={"help": "output root, local path or s3://bucket/prefix"})
-    images: int = _f(10_000, "number of images (scenes 0 .. images-1)")
-    seed: int = _f(0, "world seed: scene i is a pure function of (seed, i)")
-    image_size: int = _f(64, "image side in pixels")
-    grid: int = _f(3, "objects sit in the cells of a grid x grid layout")
-    min_objects: int = _f(1, "fewest objects per image")
-    max_objects: int = _f(4, "most objects per image")
-    shapes: tuple[str, ...] = _f(sc.SHAPES, "object kinds", choices=sc.SHAPES)
-    colours: tuple[str, ...] = _f(tuple(sc.COLOURS), "object colours", choices=tuple(sc.COLOURS))
-    backgrounds: tuple[str, ...] = _f(tuple(sc.BACKGROUNDS), "background tints", choices=tuple(sc.BACKGROUNDS))
-    repeat_prob: float = _f(0.15, "chance an object repeats an earlier one's kind and colour (plural captions)")
-    texture: bool = _f(True, "faint background gradient (direction drawn per scene)")
-    captions_per_image: int = _f(2, "captions per image (the first is KEY.txt)")
-    shard_size: int = _f(1000, "images per shard (the unit of parallelism and resume)")
-    workers: int = _f(2, "worker processes (does not change any output byte)")
-    jpeg_quality: int = _f(90, "JPEG quality (4:4:4, baseline)")
-    write_images: bool = _f(True, "also write images/KEY.jpg (one object per image)")
+    images: int = option(10_000, "number of images (scenes 0 .. images-1)")
+    seed: int = option(0, "world seed: scene i is a pure function of (seed, i)")
+    image_size: int = option(64, "image side in pixels")
+    grid: int = option(3, "objects sit in the cells of a grid x grid layout")
+    min_objects: int = option(1, "fewest objects per image")
+    max_objects: int = option(4, "most objects per image")
+    shapes: tuple[str, ...] = option(sc.SHAPES, "object kinds", choices=sc.SHAPES)
+    colours: tuple[str, ...] = option(tuple(sc.COLOURS), "object colours", choices=tuple(sc.COLOURS))
+    backgrounds: tuple[str, ...] = option(tuple(sc.BACKGROUNDS), "background tints", choices=tuple(sc.BACKGROUNDS))
+    repeat_prob: float = option(0.15, "chance an object repeats an earlier one's kind and colour (plural captions)")
+    texture: bool = option(True, "faint background gradient (direction drawn per scene)")
+    captions_per_image: int = option(2, "captions per image (the first is KEY.txt)")
+    shard_size: int = option(1000, "images per shard (the unit of parallelism and resume)")
+    workers: int = option(2, "worker processes (does not change any output byte)")
+    jpeg_quality: int = option(90, "JPEG quality (4:4:4, baseline)")
+    write_images: bool = option(True, "also write images/KEY.jpg (one object per image)")
 
     def __post_init__(self) -> None:
         if self.images < 0 or self.shard_size < 1 or self.workers < 1 or self.captions_per_image < 1:
