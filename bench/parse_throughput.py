@@ -67,9 +67,17 @@ def main() -> None:
     ap.add_argument("--captions", type=int, default=16_000)
     ap.add_argument("--shards", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--address", default=None, help="an existing Ray cluster (default: a private local one)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    # A private local instance by default: a shared head with the full dashboard costs a 2-core box
+    # several percent of its CPU, which is the head's cost, not the pipeline's (--address to use one).
+    ray.init(address=args.address, num_cpus=None if args.address else os.cpu_count(),
+             include_dashboard=False if not args.address else None,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}})
     lines = [ln for ln in Path(args.input).read_bytes().split(b"\n") if ln.strip()][: args.captions]
     src = Path(tempfile.mkdtemp(prefix="bench-parse-")) / "captions.tsv"
     src.write_bytes(b"\n".join(lines) + b"\n")

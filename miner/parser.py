@@ -226,7 +226,7 @@ def _is_gerund_head(token: Token) -> bool:
     if not token.lower_.endswith("ing") or token.lower_ in ING_NOUNS or len(token) < 6:
         return False
     previous = token.doc[token.i - 1]
-    return previous.head is token and previous.dep_ in ("compound", "amod") and any(
+    return previous.head.i == token.i and previous.dep_ in ("compound", "amod") and any(
         c.dep_ == "prep" for c in token.children
     )
 
@@ -528,7 +528,7 @@ class _GraphBuilder:
             root = root.head
         out: list[int] = []
         for member in _conjuncts(root):
-            if member is token or member.i >= before:
+            if member.i == token.i or member.i >= before:
                 continue
             if any(c.dep_ in ("prep", "acl", "relcl") for c in member.children):
                 continue
@@ -605,7 +605,7 @@ class _GraphBuilder:
         if verb.dep_ in CLAUSE_DEPS and verb.head.i in self.token_entity:
             heads = self._resolve_all([verb.head])
             return heads + [i for i in self._coordinated(verb.head, verb.i) if i not in heads]
-        if verb.dep_ in INHERIT_DEPS and verb.head is not verb:
+        if verb.dep_ in INHERIT_DEPS and verb.head.i != verb.i:
             if verb.head.i in self.token_entity:
                 return self._resolve_all([verb.head])
             return self._subjects(verb.head, depth + 1)
