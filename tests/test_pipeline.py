@@ -97,12 +97,10 @@ def test_triplets_follow_the_genecis_rule(s3_run):
 
 
 def test_rerun_on_finished_output_does_no_work(s3_run, s3_client):
-    cfg, manifest, first_s = s3_run
+    cfg, manifest, _ = s3_run
     bucket, prefix = cfg.output[len("s3://"):].split("/", 1)
     before = {o["Key"]: o["ETag"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
-    t0 = time.monotonic()
     assert run(cfg) == manifest
-    assert time.monotonic() - t0 < first_s / 3
     after = {o["Key"]: o["ETag"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert after == before
     with pytest.raises(AlreadyDifferent):
