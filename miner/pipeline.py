@@ -194,31 +194,29 @@ def _watch_parse(cfg, counter, done, pending, total_bytes, stop) -> None:
 
 # ---------------------------------------------------------------------------------------- mine stage
 def _explode_batch(batch: pa.Table) -> pa.Table:
+    """Graph rows -> mining rows of both tables in one block (``is_relation`` tells them apart)."""
     parts = G.explode_rows(batch)
     rel, att = parts["relation"], parts["attribute"]
     return pa.table({
-        "table": pa.array(["relation"] * rel.num_rows + ["attribute"] * att.num_rows, pa.string()),
-        "caption_id": pa.concat_arrays([rel.column("caption_id").combine_chunks(),
-                                        att.column("caption_id").combine_chunks()]),
-        "subject": pa.concat_arrays([rel.column("subject").combine_chunks(),
-                                     att.column("subject").combine_chunks()]),
+        "is_relation": pa.array(np.r_[np.ones(rel.num_rows, bool), np.zeros(att.num_rows, bool)]),
+        "caption_id": _concat(rel, att, "caption_id"),
+        "subject": _concat(rel, att, "subject"),
         "predicate": pa.concat_arrays([rel.column("predicate").combine_chunks(),
-                                       pa.nulls(att.num_rows, pa.string())]),
-        "object": pa.concat_arrays([rel.column("object").combine_chunks(),
-                                    att.column("object").combine_chunks()]),
+                                       pa.nulls(att.num_rows, rel.schema.field("predicate").type)]),
+        "object": _concat(rel, att, "object"),
     })
+
+
+def _concat(rel: pa.Table, att: pa.Table, column: str) -> pa.Array:
+    return pa.concat_arrays([rel.column(column).combine_chunks(), att.column(column).combine_chunks()])
 
 
 def _split_tables(batch: pa.Table) -> dict[str, pa.Table]:
     import pyarrow.compute as pc
 
-    out = {}
-    for name in ("relation", "attribute"):
-        t = batch.filter(pc.equal(batch.column("table"), name))
-        cols = ["caption_id", "subject", "predicate", "object"] if name == "relation" else \
-            ["caption_id", "subject", "object"]
-        out[name] = t.select(cols)
-    return out
+    is_rel = batch.column("is_relation")
+    return {"relation": batch.filter(is_rel).select(["caption_id", "subject", "predicate", "object"]),
+            "attribute": batch.filter(pc.invert(is_rel)).select(["caption_id", "subject", "object"])}
 
 
 def _names_batch(batch: pa.Table) -> pa.Table:
@@ -231,15 +229,13 @@ def _encode_batch(batch: pa.Table, vocabs: T.Vocabs) -> pa.Table:
     tables = _split_tables(batch)
     rel = T.encode("relation", tables["relation"], vocabs)
     att = T.encode("attribute", tables["attribute"], vocabs)
-    n_rel, n_att = rel.num_rows, att.num_rows
     return pa.table({
-        "is_relation": pa.array(np.r_[np.ones(n_rel, bool), np.zeros(n_att, bool)]),
-        "caption_id": pa.concat_arrays([rel.column("caption_id").combine_chunks(),
-                                        att.column("caption_id").combine_chunks()]),
-        "subject": pa.concat_arrays([rel.column("subject").combine_chunks(), att.column("subject").combine_chunks()]),
+        "is_relation": pa.array(np.r_[np.ones(rel.num_rows, bool), np.zeros(att.num_rows, bool)]),
+        "caption_id": _concat(rel, att, "caption_id"),
+        "subject": _concat(rel, att, "subject"),
         "predicate": pa.concat_arrays([rel.column("predicate").combine_chunks(),
-                                       pa.array(np.full(n_att, -1, np.int32))]),
-        "object": pa.concat_arrays([rel.column("object").combine_chunks(), att.column("object").combine_chunks()]),
+                                       pa.array(np.full(att.num_rows, -1, np.int32))]),
+        "object": _concat(rel, att, "object"),
     })
 
 
@@ -273,7 +269,7 @@ def mine_stage(cfg: MinerConfig, out: storage.Location, graphs: storage.Location
         return info
     t0 = time.monotonic()
     paths = [graphs.child(G.shard_name(s) + ".parquet").path for s in shard_ids]
-    rows = ray.data.read_parquet(paths, filesystem=graphs.fs, columns=["caption_id", "graph"]) \
+    rows = ray.data.read_parquet(paths, filesystem=graphs.fs).select_columns(["caption_id", "graph"]) \
         .map_batches(_explode_batch, batch_format="pyarrow").materialize()
     names = rows.map_batches(_names_batch, batch_format="pyarrow").groupby(["vocab", "name"]).count()
     by_vocab: dict[str, list[str]] = {}
@@ -310,26 +306,18 @@ def _rule(cfg: MinerConfig):
                       val_fraction=cfg.val_fraction)
 
 
-def _build_index(kind: str, tables: T.MiningTables):
-    return T.build_index(kind, tables)
-
-
-def _sample(kind: str, index, lo: int, hi: int, seed: int, rule, scores: T.Scores):
-    return T.sample_range(kind, index, lo, hi, seed, rule, scores)
-
-
 def _needed_ids(kind: str, tables: T.MiningTables, *samples) -> np.ndarray:
     table = tables.table(kind)
     return np.unique(np.concatenate([T.caption_ids_of(s, table) for s in samples] or [np.zeros(0, np.int64)]))
 
 
-def _lookup(path: str, fs, *needed: np.ndarray) -> pa.Table:
+def _lookup(path: str, fs, needed: np.ndarray) -> pa.Table:
+    """The (caption_id, key, url) rows of one graph shard that sampled triplets refer to."""
     import pyarrow.parquet as pq
 
-    ids = np.unique(np.concatenate(needed)) if needed else np.zeros(0, np.int64)
     with fs.open_input_file(path) as f:
         t = pq.read_table(f, columns=["caption_id", "key", "url"])
-    keep = np.isin(t.column("caption_id").to_numpy(), ids)
+    keep = np.isin(t.column("caption_id").to_numpy(), needed)
     return t.filter(pa.array(keep))
 
 
@@ -356,7 +344,7 @@ def _mine_kinds(cfg, out, graphs, paths, pending, tables_ref, vocabs, scores, do
         mine = [c for c in pending if c.kind == kind]
         if not mine:
             continue
-        index_ref = ray.remote(_build_index).remote(kind, tables_ref)
+        index_ref = ray.remote(T.build_index).remote(kind, tables_ref)
         try:
             ray.get(index_ref)
         except ray.exceptions.RayTaskError as err:
@@ -365,7 +353,7 @@ def _mine_kinds(cfg, out, graphs, paths, pending, tables_ref, vocabs, scores, do
                 log.warning("mine: kind %s skipped: %s", kind, err.cause)
                 continue
             raise
-        sample = ray.remote(_sample)
+        sample = ray.remote(T.sample_range)
         samples = [sample.remote(kind, index_ref, c.lo, c.hi, cfg.seed, rule, scores_ref) for c in mine]
         kinds_info[kind] = _resolve_and_write(cfg, out, graphs, paths, mine, samples, tables_ref, vocabs_ref,
                                               scores_ref, done)
