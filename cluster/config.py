@@ -11,7 +11,9 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
+
+from cluster import storage
 
 T = TypeVar("T")
 
@@ -96,3 +98,21 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str | None = No
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain JSON-able data (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+class ConfigMismatch(RuntimeError):
+    """An output already holds a run made with a different output-defining config."""
+
+
+def pin_config(out: storage.Location, current: dict[str, Any], defining: Iterable[str], what: str = "run") -> None:
+    """Write ``config.json`` beside a stage's outputs, or refuse to mix runs: a rerun into the same
+    output must agree on every output-defining field (other fields, e.g. worker counts, may change)."""
+    loc = out.child("config.json")
+    if storage.exists(loc):
+        previous = storage.read_json(loc)
+        diff = {k: (previous.get(k), current.get(k)) for k in defining if previous.get(k) != current.get(k)}
+        if diff:
+            raise ConfigMismatch(f"{out.uri} holds a {what} made with a different config {diff}; use a new output")
+        if previous == current:
+            return
+    storage.write_json(loc, current)

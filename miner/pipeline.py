@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from cluster import storage
-from cluster.config import config_to_dict
+from cluster.config import config_to_dict, pin_config
 from cluster.progress import Progress
 from miner import graphs as G
 from miner import triplets as T
@@ -30,15 +30,11 @@ log = logging.getLogger("genecis_ray.miner")
 THREAD_CAPS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-class AlreadyDifferent(RuntimeError):
-    """The output holds a run made with a different config."""
-
-
 def run(cfg: MinerConfig) -> dict[str, Any]:
     """Run (or resume) the whole miner; returns the manifest."""
     specs = plan_shards(cfg.input, cfg.format, cfg.shard_bytes, cfg.row_groups_per_shard)
     out = storage.require_writable(cfg.output)
-    _check_config(out, cfg)
+    pin_config(out, config_to_dict(cfg), MinerConfig.output_defining_fields(), "miner run")
     manifest_loc = out.child("_manifest.json")
     if storage.exists(manifest_loc):
         log.info("output %s is complete (_manifest.json exists): nothing to do", cfg.output)
@@ -64,22 +60,6 @@ def _log_skips(parse_stats: dict[int, dict], examples: int = 3) -> None:
         skips.merge(st["skipped"], st["skip_examples"])
     for reason, n in sorted(skips.counts.items()):
         log.warning("skipped %d captions as %s, e.g. %s", n, reason, " | ".join(skips.examples[reason]))
-
-
-def _check_config(out: storage.Location, cfg: MinerConfig) -> None:
-    """Write config.json beside the outputs, or refuse to mix runs with different output-defining fields."""
-    loc = out.child("config.json")
-    current = config_to_dict(cfg)
-    if storage.exists(loc):
-        previous = storage.read_json(loc)
-        diff = {k: (previous.get(k), current[k]) for k in MinerConfig.output_defining_fields()
-                if previous.get(k) != current[k]}
-        if diff:
-            raise AlreadyDifferent(f"{cfg.output} was written with a different config {diff}; "
-                                   "use a new --output")
-        if previous == current:
-            return
-    storage.write_json(loc, current)
 
 
 def _init_ray(cfg: MinerConfig) -> None:

@@ -28,9 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
-from cluster.config import config_to_dict, option, parse_config
+from cluster.config import ConfigMismatch, config_to_dict, option, parse_config, pin_config
 from cluster.storage import (Location, StorageError, ensure_dir, exists, read_bytes, read_json, require_writable,
-                             resolve, write_bytes_atomic, write_json, write_many)
+                             resolve, write_bytes_atomic, write_many)
 from synthetic.oracles import (ALL_ATTRIBUTE_TYPES, ATTRIBUTE_TASKS, GALLERY_SIZE, OBJECT_TASKS, TASKS,
                                TemplateError, check_template, is_valid, oracle_ranks, recall_summary)
 from synthetic import scene as sc
@@ -515,15 +515,9 @@ def verify_benchmark(uri: str, seed: int | None = None) -> dict[str, dict]:
 def _prepare_output(cfg: BenchmarkConfig) -> tuple[Location, bool]:
     """(root, done): refuses a root holding a different benchmark; done when this one is complete."""
     root = require_writable(cfg.output)
-    cfg_loc = root.child("config.json")
-    if exists(cfg_loc):
-        old, new = read_json(cfg_loc), cfg.output_config()
-        diff = [k for k in cfg.output_defining_fields() if old.get(k) != new[k]]
-        if diff:
-            raise StorageError(f"{cfg.output} holds a benchmark with different {diff}; use another output")
-        if exists(root.child("_benchmark.json")):
-            return root, True
-    write_json(cfg_loc, cfg.output_config())
+    pin_config(root, cfg.output_config(), cfg.output_defining_fields(), "benchmark")
+    if exists(root.child("_benchmark.json")):
+        return root, True
     for sub in (VG_DIR, COCO_DIR, "annotations", "gt"):
         ensure_dir(root.child(*sub.split("/")))
     return root, False
@@ -578,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(BenchmarkConfig, argv, prog="python -m synthetic benchmark")
     try:
         manifest = generate(cfg)
-    except (StorageError, TemplateError) as err:
+    except (StorageError, ConfigMismatch, TemplateError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     _print_summary(manifest)

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from cluster import storage
-from cluster.config import config_to_dict, option, parse_config
+from cluster.config import ConfigMismatch, config_to_dict, option, parse_config, pin_config  # noqa: F401 (re-export)
 from synthetic import captions as cap
 from synthetic import scene as sc
 from synthetic.render import encode_jpeg, render_scene
@@ -92,10 +92,6 @@ class WorldConfig:
 
     def output_config(self) -> dict[str, Any]:
         return {k: v for k, v in config_to_dict(self).items() if k not in self.runtime_fields()}
-
-
-class ConfigMismatch(RuntimeError):
-    """The output already holds a world made with a different output-defining config."""
 
 
 # ----------------------------------------------------------------------------------------- names
@@ -221,19 +217,6 @@ def generate(cfg: WorldConfig, shards: Sequence[int]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------- the run
-def _check_config(out: storage.Location, cfg: WorldConfig) -> None:
-    loc = out.child("config.json")
-    current = cfg.output_config()
-    if storage.exists(loc):
-        previous = storage.read_json(loc)
-        diff = {k: (previous.get(k), v) for k, v in current.items() if k != "output" and previous.get(k) != v}
-        if diff:
-            raise ConfigMismatch(f"{cfg.output} holds a world made with a different config {diff}; use a new --output")
-        if previous == current:
-            return
-    storage.write_json(loc, current)
-
-
 def write_tsv(cfg: WorldConfig, out: storage.Location) -> int:
     """captions.tsv = every shard's index rows in order, as ``caption<TAB>url`` lines."""
     lines: list[str] = []
@@ -270,7 +253,8 @@ def run_world(cfg: WorldConfig) -> dict[str, Any]:
     """Generate (or finish) the world under ``cfg.output``; returns the manifest written to ``_world.json``."""
     t0 = time.perf_counter()
     out = storage.require_writable(cfg.output)
-    _check_config(out, cfg)
+    current = cfg.output_config()
+    pin_config(out, current, [k for k in current if k != "output"], "world")
     todo = pending_shards(cfg, out)
     manifest_loc = out.child("_world.json")
     if not todo and storage.exists(manifest_loc):

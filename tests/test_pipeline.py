@@ -18,7 +18,8 @@ import pytest
 from cluster import storage
 from miner.concreteness import load_concreteness
 from miner.config import KINDS, MinerConfig
-from miner.pipeline import AlreadyDifferent, run
+from cluster.config import ConfigMismatch
+from miner.pipeline import run
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_rerun_on_finished_output_does_no_work(s3_run, s3_client):
     assert run(cfg) == manifest
     after = {o["Key"]: o["ETag"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert after == before
-    with pytest.raises(AlreadyDifferent):
+    with pytest.raises(ConfigMismatch):
         run(replace(cfg, seed=1))
 
 

@@ -196,7 +196,7 @@ def test_cli_is_idempotent_and_refuses_another_benchmark(tmp_path, capsys):
     first = (tmp_path / "cli" / "_benchmark.json").read_bytes()
     assert bm.main(args) == 0 and (tmp_path / "cli" / "_benchmark.json").read_bytes() == first
     assert bm.main(args + ["--seed", "5"]) == 2
-    assert "different ['seed']" in capsys.readouterr().err
+    assert "different config {'seed': (0, 5)}" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------- loader
