@@ -31,6 +31,7 @@ import numpy as np
 from cluster.config import ConfigMismatch, config_to_dict, option, parse_config, pin_config
 from cluster.storage import (Location, StorageError, ensure_dir, exists, read_bytes, read_json, require_writable,
                              resolve, write_bytes_atomic, write_many)
+from synthetic.look import LookConfig
 from synthetic.oracles import (ALL_ATTRIBUTE_TYPES, ATTRIBUTE_TASKS, GALLERY_SIZE, OBJECT_TASKS, TASKS,
                                TemplateError, check_template, is_valid, oracle_ranks, recall_summary)
 from synthetic import scene as sc
@@ -53,22 +54,14 @@ JSON_SEPARATORS = (",", ":")
 
 
 @dataclass(frozen=True)
-class BenchmarkConfig:
-    """Build a GeneCIS-format benchmark (4 tasks) from the synthetic world, every template proved."""
+class BenchmarkConfig(LookConfig):
+    """Build a GeneCIS-format benchmark (4 tasks) from the synthetic world, every template proved.
+
+    The look fields (LookConfig) must be the training world's values (python -m synthetic world)."""
 
     output: str = field(metadata={"help": "output root, local or s3://bucket/prefix"})
     templates: int = option(2000, "templates per task (GeneCIS: 2,000 / 2,112 / 1,960 / 1,960)")
     seed: int = option(0, "template i of task t draws from default_rng((seed, stream(t), i, attempt))")
-    # the look of the world: pass the training world's values (python -m synthetic world)
-    image_size: int = option(64, "image side in pixels")
-    grid: int = option(3, "objects sit in the cells of a grid x grid layout")
-    min_objects: int = option(1, "fewest objects per object-task scene (references use at least 2 / 3)")
-    max_objects: int = option(4, "most objects per object-task scene")
-    shapes: tuple[str, ...] = option(sc.SHAPES, "object kinds", choices=sc.SHAPES)
-    colours: tuple[str, ...] = option(tuple(sc.COLOURS), "object colours", choices=tuple(sc.COLOURS))
-    backgrounds: tuple[str, ...] = option(tuple(sc.BACKGROUNDS), "background tints", choices=tuple(sc.BACKGROUNDS))
-    texture: bool = option(True, "faint background gradient (as the world)")
-    jpeg_quality: int = option(90, "JPEG quality (4:4:4, baseline)")
     tasks: tuple[str, ...] = option(TASKS, "tasks to build", choices=TASKS)
     attribute_types: tuple[str, ...] = option(
         ("color", "pattern"), "attribute types used as conditions; 'size' is off by default because the "
@@ -102,11 +95,6 @@ class BenchmarkConfig:
             raise ValueError(f"need at least {2 * spec.max_objects - 1} shapes and 2 colours")
         if not 0 <= self.attribute_context <= min(len(spec.shapes) - 1, spec.grid ** 2 - 1):
             raise ValueError("attribute_context must fit the other shapes and the free cells")
-
-    def spec(self) -> WorldSpec:
-        return WorldSpec(image_size=self.image_size, grid=self.grid, min_objects=self.min_objects,
-                         max_objects=self.max_objects, shapes=self.shapes, colours=self.colours,
-                         backgrounds=self.backgrounds)
 
     @staticmethod
     def runtime_fields() -> tuple[str, ...]:

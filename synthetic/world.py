@@ -35,6 +35,7 @@ from PIL import Image
 from cluster import storage
 from cluster.config import ConfigMismatch, config_to_dict, option, parse_config, pin_config  # noqa: F401 (re-export)
 from synthetic import captions as cap
+from synthetic.look import LookConfig
 from synthetic import scene as sc
 from synthetic.render import encode_jpeg, render_scene
 
@@ -46,25 +47,15 @@ KEY_DIGITS = 9
 
 
 @dataclass(frozen=True)
-class WorldConfig:
+class WorldConfig(LookConfig):
     """Generate a synthetic image-caption world (images, webdataset shards, Parquet index, CC3M TSV)."""
 
     output: str = field(metadata={"help": "output root, local path or s3://bucket/prefix"})
     images: int = option(10_000, "number of images (scenes 0 .. images-1)")
     seed: int = option(0, "world seed: scene i is a pure function of (seed, i)")
-    image_size: int = option(64, "image side in pixels")
-    grid: int = option(3, "objects sit in the cells of a grid x grid layout")
-    min_objects: int = option(1, "fewest objects per image")
-    max_objects: int = option(4, "most objects per image")
-    shapes: tuple[str, ...] = option(sc.SHAPES, "object kinds", choices=sc.SHAPES)
-    colours: tuple[str, ...] = option(tuple(sc.COLOURS), "object colours", choices=tuple(sc.COLOURS))
-    backgrounds: tuple[str, ...] = option(tuple(sc.BACKGROUNDS), "background tints", choices=tuple(sc.BACKGROUNDS))
-    repeat_prob: float = option(0.15, "chance an object repeats an earlier one's kind and colour (plural captions)")
-    texture: bool = option(True, "faint background gradient (direction drawn per scene)")
     captions_per_image: int = option(2, "captions per image (the first is KEY.txt)")
     shard_size: int = option(1000, "images per shard (the unit of parallelism and resume)")
     workers: int = option(2, "worker processes (does not change any output byte)")
-    jpeg_quality: int = option(90, "JPEG quality (4:4:4, baseline)")
     write_images: bool = option(True, "also write images/KEY.jpg (one object per image)")
 
     def __post_init__(self) -> None:
@@ -73,11 +64,6 @@ class WorldConfig:
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be in 1..100")
         self.spec()  # validates the WorldSpec knobs
-
-    def spec(self) -> sc.WorldSpec:
-        return sc.WorldSpec(image_size=self.image_size, grid=self.grid, min_objects=self.min_objects,
-                            max_objects=self.max_objects, shapes=self.shapes, colours=self.colours,
-                            backgrounds=self.backgrounds, repeat_prob=self.repeat_prob)
 
     def n_shards(self) -> int:
         return -(-self.images // self.shard_size)

@@ -14,6 +14,7 @@ from evaluator.genecis_data import (AnnotationError, BenchmarkLayout, Item, crop
 from synthetic import benchmark as bm
 from synthetic.oracles import GALLERY_SIZE, TASKS, TemplateError, check_template, is_valid
 from synthetic.scene import STREAM_SCENE, sample_scene
+from synthetic.world import WorldConfig
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "genecis" / "annotations"
 TINY = 20
@@ -287,4 +288,7 @@ def test_avoid_world_scenes_redraws_colliding_templates(tmp_path):
     assert redrawn["attempt"] >= 1
     assert not any(bm.scene_key(it["scene"]) in avoid for it in bm.template_items(redrawn))
     world = bm.world_scene_keys(bm.BenchmarkConfig(output=str(tmp_path), avoid_world_scenes=50))
-    assert world == {bm.scene_key(sample_scene(0, i)) for i in range(50)}
+    world_spec = WorldConfig(output=str(tmp_path / "w")).spec()  # the training world's own scenes
+    assert world == {bm.scene_key(sample_scene(0, i, world_spec)) for i in range(50)}
+    assert any(len({o.shape for o in sample_scene(0, i, world_spec).objects}) <
+               len(sample_scene(0, i, world_spec).objects) for i in range(50))  # repeats included
