@@ -27,6 +27,7 @@ deps-system:
 bench: deps
 	$(VENV)/bin/python bench/parse_throughput.py
 	$(VENV)/bin/python bench/mine_scale.py
+	$(VENV)/bin/python bench/synthetic_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)
