@@ -608,16 +608,24 @@ def _target_ok(ctx: _Ctx, found: NDArray[np.bool_]) -> NDArray[np.bool_]:
 # Kinds: each evaluates a batch of (id, draw) pairs with exact early pruning.
 
 
-def _draw_change(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int64]) -> _Draws:
-    """change_object / change_attribute: same subject, other object, other image."""
-    idx, sc, out = ctx.index, ctx.scorer, _Draws.empty(len(ids))
+def _subject_and_reference(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int64]):
+    """The opening both subject-anchored kinds share: draw the subject (its score counted twice: it
+    recurs in one more row), prune draws that can no longer pass, then draw the reference row.
+    Returns (live positions, per-draw RNG base, subject, known score, reference row)."""
+    sc = ctx.scorer
     live = np.arange(len(ids))
     base = draw_base(ctx.seed, ctx.kind_id, ids, draws)
     s = _pick_subject(ctx, base)
-    known = 2 * sc.s(s)  # ref and target share the subject
+    known = 2 * sc.s(s)
     keep = np.flatnonzero(sc.could_pass(known, 1, 3, len(live)))
     live, base, s, known = live[keep], base[keep], s[keep], _take(known, keep)
-    ref = _pick_row_of_subject(ctx, base, s)
+    return live, base, s, known, _pick_row_of_subject(ctx, base, s)
+
+
+def _draw_change(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int64]) -> _Draws:
+    """change_object / change_attribute: same subject, other object, other image."""
+    idx, sc, out = ctx.index, ctx.scorer, _Draws.empty(len(ids))
+    live, base, s, known, ref = _subject_and_reference(ctx, ids, draws)  # ref and target share the subject
     known = known + sc.o(idx.obj[ref])
     keep = np.flatnonzero(sc.could_pass(known, 1, 2, len(live)))
     live, base, s, ref, known = live[keep], base[keep], s[keep], ref[keep], _take(known, keep)
@@ -652,13 +660,7 @@ def _draw_focus_object(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int6
     """focus_object: target shares the object (other subject, other image);
     distractor shares the subject with another object (other image)."""
     idx, sc, out = ctx.index, ctx.scorer, _Draws.empty(len(ids))
-    live = np.arange(len(ids))
-    base = draw_base(ctx.seed, ctx.kind_id, ids, draws)
-    s = _pick_subject(ctx, base)
-    known = 2 * sc.s(s)  # ref and distractor share the subject
-    keep = np.flatnonzero(sc.could_pass(known, 1, 3, len(live)))
-    live, base, s, known = live[keep], base[keep], s[keep], _take(known, keep)
-    ref = _pick_row_of_subject(ctx, base, s)
+    live, base, s, known, ref = _subject_and_reference(ctx, ids, draws)  # ref and distractor share the subject
     o = idx.obj[ref].astype(np.int64)
     known = known + 2 * sc.o(o)  # ref and target share the object
     keep = sc.could_pass(known, 1, 1, len(live))
