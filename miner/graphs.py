@@ -12,6 +12,7 @@ import socket
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -131,7 +132,6 @@ def explode_rows(table: pa.Table) -> dict[str, pa.Table]:
 def _offsets(list_array: pa.Array) -> pa.Array:
     """Start offset (into the flattened values) of every list, as int64."""
     lengths = pc.fill_null(pc.list_value_length(list_array), 0)
-    import numpy as np
 
     lens = lengths.to_numpy(zero_copy_only=False).astype(np.int64)
     starts = np.zeros(len(lens), dtype=np.int64)
