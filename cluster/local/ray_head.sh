@@ -22,9 +22,15 @@ start() {
   stop
   mkdir -p "$DIR"
   export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+  # Optional fixed ports, so several heads can share one machine (each its own range).
+  local extra=()
+  [ -n "${RAY_CLIENT_SERVER_PORT:-}" ] && extra+=(--ray-client-server-port="$RAY_CLIENT_SERVER_PORT")
+  [ -n "${RAY_DASHBOARD_AGENT_PORT:-}" ] && extra+=(--dashboard-agent-listen-port="$RAY_DASHBOARD_AGENT_PORT")
+  [ -n "${RAY_MIN_WORKER_PORT:-}" ] && extra+=(--min-worker-port="$RAY_MIN_WORKER_PORT" \
+                                               --max-worker-port="${RAY_MAX_WORKER_PORT:?}")
   setsid "$RAY" start --head --port="$port" --num-cpus="${RAY_NUM_CPUS:-2}" --disable-usage-stats \
     --temp-dir="$DIR/tmp" --object-store-memory="${RAY_OBJECT_STORE_BYTES:-2000000000}" \
-    --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" >"$DIR/start.log" 2>&1 \
+    --dashboard-host=127.0.0.1 --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" "${extra[@]}" >"$DIR/start.log" 2>&1 \
     || { echo "ray start failed:" >&2; tail -20 "$DIR/start.log" >&2; return 1; }
   local gcs; gcs=$(pgrep -f "gcs_server.*$DIR/tmp" | head -1)
   ps -o sid= -p "$gcs" | tr -d ' ' > "$DIR/sid"
