@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from synthetic.world import WorldConfig, run_world
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 GOLDEN = Path(__file__).parent / "data" / "golden_outputs.json"
 NOT_PINNED = ("_world.json", "_benchmark.json", "_manifest.json", "config.json")
+# URLs inside the files hold the output path, so the run always uses this one fixed local root.
+FIXED_ROOT = Path("/tmp/genecis-golden-outputs")
 
 
 def digest_tree(root: Path) -> dict[str, str]:
@@ -41,7 +44,9 @@ def _miner_config(**kw) -> MinerConfig:
     return MinerConfig(**kw)
 
 
-def test_outputs_are_byte_identical_to_the_pinned_ones(ray_session, tmp_path):
+def test_outputs_are_byte_identical_to_the_pinned_ones(ray_session):
+    tmp_path = FIXED_ROOT
+    shutil.rmtree(tmp_path, ignore_errors=True)
     run_world(WorldConfig(output=str(tmp_path / "world"), images=300, seed=5, shard_size=150, workers=1))
     generate(BenchmarkConfig(output=str(tmp_path / "bench"), templates=6, seed=6, workers=1,
                              avoid_world_scenes=300, world_seed=5))
