@@ -1,0 +1,409 @@
+"""The data path, Ray-free: images by key in webdataset tars, training rows, decode + preprocess.
+
+* :func:`index_tar` reads one tar's headers once and yields ``(key, offset, size)`` of its image
+  members; :class:`ImageIndex` maps key → (shard, offset, size) and reads one image as a byte range
+  (local or ``s3://``).  Tars are the world's ``shards/NNNNN.tar`` or an img2dataset folder's ``NNNNN.tar``.
+* A triplet row names its images by ``*_key`` and ``*_url``; :func:`image_key` resolves one to a key of
+  the index: the key itself when the index has it (img2dataset, or a miner run on the world's ``index/``),
+  else the stem of the URL (the world's ``images/KEY.jpg``, when the miner read ``captions.tsv`` and its
+  keys are caption rows).  Two caption rows of one image resolve to the same image key, so a mined
+  distractor that *is* the target image is detected by comparing resolved keys.
+* :func:`plan_rows` lays out the rows of every epoch in a seeded order; a resumed run starts at the
+  saved position, so mid-epoch resume skips what was consumed.
+* :class:`DecodeTriplets` / :class:`DecodeCaptions` turn batches of planned rows into model inputs;
+  a missing image or an undecodable one is a counted skip (the row is dropped and its reason counted).
+"""
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from collections import Counter
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from cluster import storage
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+INDEX_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.int32()), ("offset", pa.int64()),
+                          ("size", pa.int64())])
+TRIPLET_COLUMNS = ("ref_key", "ref_url", "target_key", "target_url", "distractor_key", "distractor_url",
+                   "condition")
+
+
+class DataError(RuntimeError):
+    """Unusable training input (no tars, no rows, too many skips), naming the URI or the counts."""
+
+
+# ---------------------------------------------------------------------------------------------- tars
+def find_tars(images_uri: str) -> list[str]:
+    """The webdataset tars of an image root: ``{root}/shards/*.tar`` (the world) or ``{root}/*.tar``."""
+    root = storage.require_input(images_uri)
+    for loc in (root.child("shards"), root):
+        tars = [f.uri for f in storage.list_files(loc, ".tar")
+                if posixpath.dirname(f.path.replace("\\", "/")) == loc.path.replace("\\", "/")]
+        if tars:
+            return tars
+    raise DataError(f"no webdataset .tar shards under {images_uri} (looked in shards/ and the root)")
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """webdataset key and extension of a tar member: ``dir/000123.jpg`` → (``000123``, ``.jpg``)."""
+    base = posixpath.basename(name)
+    stem, dot, ext = base.partition(".")
+    return stem, (dot + ext).lower()
+
+
+def index_tar(uri: str) -> pa.Table:
+    """``key, offset, size`` of every image member of one tar (reads the headers, streams the data)."""
+    loc = storage.resolve(uri)
+    keys, offsets, sizes = [], [], []
+    with loc.fs.open_input_stream(loc.path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = member_key(member.name)
+            if ext in IMAGE_EXTS:
+                keys.append(key)
+                offsets.append(member.offset_data)
+                sizes.append(member.size)
+    return pa.table({"key": pa.array(keys, pa.string()), "offset": pa.array(offsets, pa.int64()),
+                     "size": pa.array(sizes, pa.int64())})
+
+
+def build_index(tars: list[str], tables: list[pa.Table]) -> pa.Table:
+    """One index table from per-tar tables (``shard`` = position in ``tars``); a key in two tars keeps
+    its first occurrence."""
+    parts = [t.append_column("shard", pa.array(np.full(t.num_rows, i, np.int32))) for i, t in enumerate(tables)]
+    table = pa.concat_tables(parts).select(INDEX_SCHEMA.names) if parts else INDEX_SCHEMA.empty_table()
+    if table.num_rows == 0:
+        raise DataError(f"no image members in {len(tars)} tar(s), e.g. {tars[:1]}")
+    _, first = np.unique(table["key"].to_numpy(zero_copy_only=False), return_index=True)
+    return table.take(pa.array(np.sort(first)))
+
+
+def write_index(uri: str, tars: list[str], table: pa.Table) -> None:
+    loc = storage.resolve(uri)
+    buf = pa.BufferOutputStream()
+    meta = {b"tars": "\n".join(tars).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), buf)
+    storage.write_bytes_atomic(loc, buf.getvalue().to_pybytes())
+
+
+def read_index(uri: str) -> tuple[list[str], pa.Table]:
+    loc = storage.resolve(uri)
+    table = pq.read_table(io.BytesIO(storage.read_bytes(loc)))
+    tars = table.schema.metadata[b"tars"].decode().split("\n")
+    return tars, table
+
+
+class ImageIndex:
+    """key → (tar, offset, size), reading images as byte ranges; file handles are opened lazily."""
+
+    def __init__(self, tars: list[str], table: pa.Table):
+        self.tars = tars
+        keys = table["key"].to_pylist()
+        self._pos = {k: i for i, k in enumerate(keys)}
+        self._shard = table["shard"].to_numpy()
+        self._offset = table["offset"].to_numpy()
+        self._size = table["size"].to_numpy()
+        self._files: dict[int, Any] = {}
+
+    @classmethod
+    def load(cls, uri: str) -> "ImageIndex":
+        return cls(*read_index(uri))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._pos
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def read(self, key: str) -> bytes:
+        i = self._pos[key]
+        shard = int(self._shard[i])
+        handle = self._files.get(shard)
+        if handle is None:
+            loc = storage.resolve(self.tars[shard])
+            handle = self._files[shard] = loc.fs.open_input_file(loc.path)
+        data = handle.read_at(int(self._size[i]), int(self._offset[i]))
+        if len(data) != int(self._size[i]):
+            raise OSError(f"short read of {key} in {self.tars[shard]}")
+        return bytes(data)
+
+
+def image_key(key: str | None, url: str | None, index: ImageIndex) -> str | None:
+    """The index key of an image named by a row's key and URL (see module doc), or None."""
+    if key and key in index:
+        return key
+    if url:
+        stem = member_key(url.rsplit("?", 1)[0])[0]
+        if stem in index:
+            return stem
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- rows
+def read_parquet_folder(uri: str, columns: list[str]) -> pa.Table:
+    """Every ``*.parquet`` under a folder (recursive, hidden/underscore folders excluded), ``columns`` only."""
+    files = [f for f in storage.list_files(storage.require_input(uri), ".parquet")
+             if "/_" not in f.path[len(storage.resolve(uri).path):]]
+    if not files:
+        raise DataError(f"no Parquet files under {uri}")
+    tables = []
+    for f in files:
+        with f.fs.open_input_file(f.path) as src:
+            table = pq.read_table(src)
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise DataError(f"{f.uri} lacks column(s) {missing}; has {table.column_names}")
+        tables.append(table.select(columns))
+    return pa.concat_tables(tables)
+
+
+def caption_root(captions_uri: str) -> str:
+    """Where the ``key, caption`` Parquet lives: the world's ``index/`` when given the world root."""
+    loc = storage.require_input(captions_uri)
+    if storage.exists(loc.child("index")) and storage.exists(loc.child("shards")):
+        return loc.child("index").uri
+    return captions_uri
+
+
+def plan_rows(num_rows: int, start: int, count: int, seed: int) -> np.ndarray:
+    """Positions ``start .. start+count`` of the endless sequence "epoch 0 shuffled, epoch 1 shuffled,
+    …" as row numbers; epoch *e*'s order depends only on (seed, e)."""
+    if num_rows <= 0:
+        raise DataError("no training rows")
+    out = np.empty(count, np.int64)
+    pos, filled = start, 0
+    while filled < count:
+        epoch, within = divmod(pos, num_rows)
+        order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+        take = min(count - filled, num_rows - within)
+        out[filled:filled + take] = order[within:within + take]
+        filled += take
+        pos += take
+    return out
+
+
+# -------------------------------------------------------------------------------------------- decode
+def decode_image(data: bytes, transform: Callable) -> torch.Tensor:
+    """Decode (PIL) and preprocess one image; raises ValueError for an unreadable one."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"undecodable image: {err}") from err
+    return transform(rgb)
+
+
+def _seeded_transform(transform: Callable, seed: int, position: int, which: int) -> Callable:
+    def run(img):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((seed * 1_000_003 + position * 7 + which) % (2 ** 63))
+            return transform(img)
+    return run
+
+
+class RunState:
+    """Skip counts of a run and the data position its current attempt resumed from (a Ray actor in a run;
+    a plain object in tests).  Decoders drop rows before ``min_position`` without decoding them."""
+
+    def __init__(self):
+        self.attempted = 0
+        self.skipped: Counter = Counter()
+        self.position = 0
+
+    def add(self, attempted: int, skipped: dict[str, int]) -> None:
+        self.attempted += attempted
+        self.skipped.update(skipped)
+
+    def totals(self) -> dict[str, Any]:
+        return {"attempted": self.attempted, "skipped": dict(self.skipped)}
+
+    def set_min_position(self, position: int) -> None:
+        self.position = int(position)
+
+    def min_position(self) -> int:
+        return self.position
+
+
+def _call(counter, method: str, *args):
+    fn = getattr(counter, method)
+    if hasattr(fn, "remote"):
+        import ray
+
+        return ray.get(fn.remote(*args))
+    return fn(*args)
+
+
+def _min_position(counter) -> int:
+    return 0 if counter is None else int(_call(counter, "min_position"))
+
+
+def _report(counter, attempted: int, skipped: Counter) -> None:
+    if counter is None:
+        return
+    if hasattr(counter.add, "remote"):
+        counter.add.remote(attempted, dict(skipped))  # fire and forget
+    else:
+        counter.add(attempted, dict(skipped))
+
+
+class _Decoder:
+    def __init__(self, index_uri: str, transform: Callable, tokenizer: Callable, seed: int,
+                 image_size: int, context_length: int, counter=None):
+        self.index = ImageIndex.load(index_uri)
+        self.transform, self.tokenizer, self.seed, self.counter = transform, tokenizer, seed, counter
+        self.image_shape = (3, image_size, image_size)
+        self.context_length = context_length
+
+    def images(self, images: list[torch.Tensor]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, *self.image_shape), np.float32)
+        return torch.stack(images).numpy()
+
+    def tokens(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.context_length), np.int64)
+        return self.tokenizer(texts).numpy().astype(np.int64)
+
+    def _image(self, key: str, position: int, which: int) -> torch.Tensor:
+        try:
+            data = self.index.read(key)
+        except OSError as err:
+            raise ValueError(f"unreadable tar member {key}: {err}") from err
+        return decode_image(data, _seeded_transform(self.transform, self.seed, position, which))
+
+
+class DecodeTriplets(_Decoder):
+    """Planned triplet rows (``position, ref, target, distractor, condition``: resolved image keys) →
+    ``ref, text, target[, distractor, distractor_valid], position``; bad rows dropped and counted."""
+
+    def __init__(self, index_uri: str, transform: Callable, tokenizer: Callable, seed: int,
+                 image_size: int, context_length: int, with_distractor: bool = False, counter=None):
+        super().__init__(index_uri, transform, tokenizer, seed, image_size, context_length, counter)
+        self.with_distractor = with_distractor
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"ref": [], "target": [], "distractor": [], "condition": [], "position": [],
+                                "distractor_valid": []}
+        skipped: Counter = Counter()
+        start = _min_position(self.counter)
+        attempted = 0
+        for i, pos in enumerate(batch["position"]):
+            pos = int(pos)
+            if pos < start:
+                continue  # consumed before the checkpoint this attempt resumed from
+            attempted += 1
+            ref, tgt, dis = batch["ref"][i], batch["target"][i], batch["distractor"][i]
+            if not ref or not tgt:
+                skipped["missing_image"] += 1
+                continue
+            try:
+                images = [self._image(ref, pos, 0), self._image(tgt, pos, 1)]
+                if self.with_distractor:
+                    images.append(self._image(dis, pos, 2) if dis else torch.zeros_like(images[1]))
+            except ValueError:
+                skipped["corrupt_image"] += 1
+                continue
+            out["ref"].append(images[0])
+            out["target"].append(images[1])
+            if self.with_distractor:
+                out["distractor"].append(images[2])
+                out["distractor_valid"].append(bool(dis) and dis != tgt)
+            out["condition"].append(str(batch["condition"][i]))
+            out["position"].append(pos)
+        _report(self.counter, attempted, skipped)
+        return self._stack(out)
+
+    def _stack(self, out: dict[str, list]) -> dict[str, np.ndarray]:
+        result = {
+            "ref": self.images(out["ref"]),
+            "target": self.images(out["target"]),
+            "text": self.tokens(out["condition"]),
+            "position": np.asarray(out["position"], np.int64),
+        }
+        if self.with_distractor:
+            result["distractor"] = self.images(out["distractor"])
+            result["distractor_valid"] = np.asarray(out["distractor_valid"], np.bool_)
+        return result
+
+
+class DecodeCaptions(_Decoder):
+    """Planned caption rows (``position, key, caption``) → ``images, tokens, position``."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images, captions, positions = [], [], []
+        skipped: Counter = Counter()
+        start = _min_position(self.counter)
+        attempted = 0
+        for i, pos in enumerate(batch["position"]):
+            if int(pos) < start:
+                continue
+            attempted += 1
+            key = batch["key"][i]
+            if not key:
+                skipped["missing_image"] += 1
+                continue
+            try:
+                images.append(self._image(key, int(pos), 0))
+            except ValueError:
+                skipped["corrupt_image"] += 1
+                continue
+            captions.append(str(batch["caption"][i]))
+            positions.append(int(pos))
+        _report(self.counter, attempted, skipped)
+        return {"images": self.images(images),
+                "tokens": self.tokens(captions),
+                "position": np.asarray(positions, np.int64)}
+
+
+# ------------------------------------------------------------------------------------ row resolution
+def resolve_triplets(table: pa.Table, index: ImageIndex) -> pa.Table:
+    """Triplet rows → ``ref, target, distractor, condition`` as image keys ('' = not found)."""
+    cols = {c: table[c].to_pylist() for c in TRIPLET_COLUMNS}
+    out = {"ref": [], "target": [], "distractor": [], "condition": cols["condition"]}
+    for i in range(table.num_rows):
+        for role in ("ref", "target", "distractor"):
+            out[role].append(image_key(cols[f"{role}_key"][i], cols[f"{role}_url"][i], index) or "")
+    return pa.table(out)
+
+
+def drop_missing(resolved: pa.Table, columns: tuple[str, ...]) -> tuple[pa.Table, int]:
+    """Rows whose required images all resolved, and how many were dropped (counted as missing_image)."""
+    keep = None
+    for col in columns:
+        ok = pc.not_equal(resolved[col], "")
+        keep = ok if keep is None else pc.and_(keep, ok)
+    kept = resolved.filter(keep)
+    return kept, resolved.num_rows - kept.num_rows
+
+
+def resolve_captions(table: pa.Table, index: ImageIndex) -> pa.Table:
+    keys = [image_key(k, u, index) or "" for k, u in
+            zip(table["key"].to_pylist(), (table["url"].to_pylist() if "url" in table.column_names
+                                            else [None] * table.num_rows))]
+    return pa.table({"key": keys, "caption": table["caption"]})
+
+
+def missing_fraction(resolved: pa.Table, column: str) -> float:
+    if resolved.num_rows == 0:
+        return 1.0
+    return float(pc.sum(pc.equal(resolved[column], "")).as_py() or 0) / resolved.num_rows
+
+
+def iter_planned(rows: pa.Table, plan: np.ndarray, start: int, batch: int) -> Iterator[pa.Table]:
+    """The planned rows (with their plan ``position``) in chunks of ``batch`` (for building a dataset)."""
+    for lo in range(0, len(plan), batch):
+        ids = plan[lo:lo + batch]
+        chunk = rows.take(pa.array(ids))
+        yield chunk.append_column("position", pa.array(np.arange(start + lo, start + lo + len(ids)), pa.int64()))
