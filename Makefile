@@ -5,10 +5,18 @@ VENV    := .venv
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test deps deps-system bench clean-venv
+SEED    ?= 0
+QUICK   ?=
+
+.PHONY: test demo deps deps-system bench clean-venv
 
 test: deps deps-system
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The whole chain on local Ray and local disk (cluster/configs/demo.yaml); its last line is results.json's path.
+demo: deps
+	@RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 $(VENV)/bin/python -m cluster pipeline \
+	  --config cluster/configs/demo.yaml --seed $(SEED) $(if $(QUICK),--quick)
 
 deps: $(STAMP)
 
