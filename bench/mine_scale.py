@@ -173,7 +173,8 @@ def run_pipeline(graphs_dir: Path, triplets: int) -> None:
 
     from cluster import storage
     from miner.config import MinerConfig
-    from miner.pipeline import _init_ray, mine_stage
+    from cluster.rayutil import init_ray
+    from miner.pipeline import mine_stage
 
     cfg = MinerConfig(input=str(graphs_dir), output=str(graphs_dir.parent), kinds=("change_object",),
                       num_triplets=triplets, triplets_per_shard=200_000, progress_interval_s=10)
@@ -186,7 +187,7 @@ def run_pipeline(graphs_dir: Path, triplets: int) -> None:
             peak[0] = max(peak[0], used_memory())
 
     threading.Thread(target=watch, daemon=True).start()
-    _init_ray(cfg)
+    init_ray(cfg.ray_address)
     shard_ids = sorted(int(p.stem.split("-")[1]) for p in graphs_dir.glob("part-*.parquet"))
     t0 = time.perf_counter()
     info = mine_stage(cfg, storage.resolve(cfg.output), storage.resolve(str(graphs_dir)), shard_ids)

@@ -38,7 +38,8 @@ def raw_pipe(captions: list[str], batch_size: int) -> float:
 
 def ray_stage(src: Path, n_shards: int, workers: int, batch_size: int) -> float:
     from miner.config import MinerConfig
-    from miner.pipeline import _init_ray, parse_stage
+    from cluster.rayutil import init_ray
+    from miner.pipeline import parse_stage
     from miner.readers import plan_shards
     from cluster import storage
 
@@ -46,7 +47,7 @@ def ray_stage(src: Path, n_shards: int, workers: int, batch_size: int) -> float:
     shard_bytes = src.stat().st_size // n_shards + 1
     cfg = MinerConfig(input=str(src), output=out, shard_bytes=shard_bytes, parse_workers=workers,
                       cpus_per_parse_worker=0.5, parse_batch_size=batch_size, progress_interval_s=5.0)
-    _init_ray(cfg)
+    init_ray(cfg.ray_address)
     specs = plan_shards(cfg.input, cfg.format, cfg.shard_bytes)
     stats = parse_stage(cfg, specs, storage.resolve(out).child("graphs"))
     return steady_rate(list(stats.values()))

@@ -1,9 +1,14 @@
 """Trainer throughput: a plain PyTorch loop vs our Ray Train loop (1 and 2 workers), same model and global
-batch; start-up reported apart.  With a GPU: our Ray-free step for ViT-B-16 at 224 px, batch 128, bf16,
-next to a bare open_clip forward/backward loop (samples/s and peak memory).
+batch; start-up reported apart.  With ``--triplets``, also the frozen-backbone Combiner with and without
+the feature cache (same data, same steps).  With a GPU: our Ray-free step for ViT-B-16 at 224 px, batch
+128, bf16, next to a bare open_clip forward/backward loop (samples/s and peak memory).
 
     python bench/train_throughput.py --world /tmp/world --steps 30 --batch-size 32      # CPU part
+    python bench/train_throughput.py --world /tmp/world --triplets /tmp/mined/triplets/train --ray-only
     python bench/train_throughput.py --gpu-only                                         # GPU part
+
+Steady-state rates come from each step's end-to-end wall time in metrics.jsonl (batch wait + step +
+bookkeeping), after ``--warmup`` steps; start-up and tear-down are the rest of the command's wall time.
 """
 from __future__ import annotations
 
@@ -101,23 +106,57 @@ def _rate(batch: int, times: list[float], dev) -> dict:
 
 
 def ray_loop(world: str, workers: int, batch: int, steps: int, warmup: int, out: str) -> dict:
-    """Our Ray Train loop through the CLI: steady-state samples/s from metrics.jsonl, start-up apart."""
-    name = f"bench-{workers}w"
+    """Our Ray Train CLIP loop through the CLI: steady-state samples/s from metrics.jsonl, start-up apart."""
+    return _cli_run(["clip", "--captions", world, "--num-workers", str(workers)], f"bench-{workers}w",
+                    batch, steps, warmup, out)
+
+
+def frozen_combiner(world: str, triplets: str, cached: bool, batch: int, steps: int, warmup: int, out: str) -> dict:
+    """The frozen-backbone Combiner through the CLI, on cached features or decoding and encoding per step."""
+    name = f"bench-frozen-{'cached' if cached else 'uncached'}"
+    return _cli_run(["combiner", "--triplets", triplets, "--images", world, "--finetune", "frozen",
+                     "--feature-cache", str(cached).lower(), "--projection-dim", "512"], name, batch, steps, warmup,
+                    out)
+
+
+def _cli_run(args: list[str], name: str, batch: int, steps: int, warmup: int, out: str) -> dict:
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "trainer", "clip", "--storage-path", out, "--name", name,
-                          "--captions", world, "--num-workers", str(workers), "--batch-size", str(batch),
-                          "--max-steps", str(steps + warmup), "--checkpoint-every", str(steps + warmup),
-                          "--progress-s", "30"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "trainer", *args, "--storage-path", out, "--name", name,
+                          "--batch-size", str(batch), "--max-steps", str(steps + warmup),
+                          "--checkpoint-every", str(steps + warmup), "--progress-s", "30"],
+                         cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - t0
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
     lines = [json.loads(ln) for ln in Path(out, name, "metrics.jsonl").read_text().splitlines() if ln.strip()]
     steady = lines[warmup:]
-    step_s = [batch / r["samples_per_s"] for r in steady]
-    loop_s = sum(batch / r["samples_per_s"] for r in lines)
+    step_s = [r["step_s"] for r in steady]
     return {"samples_per_s": batch / statistics.median(step_s), "step_s_median": statistics.median(step_s),
-            "data_wait_fraction": statistics.mean(r["data_wait_s"] for r in steady) / statistics.mean(step_s),
-            "wall_s": wall, "startup_and_teardown_s": wall - loop_s}
+            "steps_per_s": 1 / statistics.median(step_s),
+            "data_wait_fraction": sum(r["data_wait_s"] for r in steady) / sum(step_s),
+            "wall_s": wall, "startup_and_teardown_s": wall - sum(r["step_s"] for r in lines)}
+
+
+def cpu_part(args) -> dict:
+    torch.set_num_threads(1)  # what a Ray Train worker gets (OMP_NUM_THREADS=1)
+    out_report: dict = {}
+    with tempfile.TemporaryDirectory() as out:
+        if args.world and args.triplets:
+            cached = frozen_combiner(args.world, args.triplets, True, args.batch_size, args.steps, args.warmup, out)
+            uncached = frozen_combiner(args.world, args.triplets, False, args.batch_size, args.steps, args.warmup,
+                                       out)
+            out_report["frozen_combiner"] = {"cached": cached, "uncached": uncached,
+                                             "speedup": cached["samples_per_s"] / uncached["samples_per_s"]}
+        if args.ray_only and args.triplets:
+            return out_report
+        plain = plain_loop(args.model, args.batch_size, args.steps, args.warmup)
+        out_report["plain"] = plain
+        if args.world:
+            for workers in (1, 2):
+                r = ray_loop(args.world, workers, args.batch_size, args.steps, args.warmup, out)
+                r["ratio_vs_plain"] = r["samples_per_s"] / plain["samples_per_s"]
+                out_report[f"ray_{workers}w"] = r
+    return out_report
 
 
 def main() -> None:
@@ -127,20 +166,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--triplets", help="the miner's triplets of --world: also time the frozen Combiner")
     ap.add_argument("--gpu-only", action="store_true")
+    ap.add_argument("--ray-only", action="store_true", help="skip the plain loop and the CLIP Ray runs "
+                    "(with --triplets: only the frozen Combiner comparison)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report: dict = {}
     if not args.gpu_only:
-        torch.set_num_threads(1)  # what a Ray Train worker gets (OMP_NUM_THREADS=1)
-        plain = plain_loop(args.model, args.batch_size, args.steps, args.warmup)
-        report["cpu"] = {"plain": plain}
-        if args.world:
-            with tempfile.TemporaryDirectory() as out:
-                for workers in (1, 2):
-                    r = ray_loop(args.world, workers, args.batch_size, args.steps, args.warmup, out)
-                    r["ratio_vs_plain"] = r["samples_per_s"] / plain["samples_per_s"]
-                    report["cpu"][f"ray_{workers}w"] = r
+        report["cpu"] = cpu_part(args)
     if torch.cuda.is_available():
         dtype = torch.bfloat16
         ours = plain_loop("ViT-B-16", 128, 20, 5, device="cuda", dtype=dtype)

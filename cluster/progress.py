@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from typing import Any, Callable, Iterable, Sequence
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -24,6 +25,7 @@ class Progress:
         self.start = self.last = clock()
         self.done = 0
         self.skipped = 0
+        self.note = ""  # appended to the line, e.g. "shards 3/9"
 
     def update(self, done: int = 0, skipped: int = 0, force: bool = False) -> None:
         self.done += done
@@ -38,8 +40,35 @@ class Progress:
         rate = self.done / elapsed
         total = f"/{self.total:,}" if self.total else ""
         eta = _fmt_eta((self.total - self.done) / rate) if self.total and rate > 0 else "?"
+        note = f" | {self.note}" if self.note else ""
         return (f"[{self.what}] {self.done:,}{total} {self.unit} | {rate:,.0f} {self.unit}/s | "
-                f"skipped {self.skipped:,} | elapsed {_fmt_eta(elapsed)} | ETA {eta}")
+                f"skipped {self.skipped:,} | elapsed {_fmt_eta(elapsed)} | ETA {eta}{note}")
 
     def finish(self) -> None:
+        """The final line of a stage (always printed, however short the stage was)."""
         self.emit(self.line() + " | done")
+
+
+def map_with_progress(fn: Callable[..., Any], jobs: Iterable[Sequence[Any]], progress: Progress,
+                      count: Callable[[Any], tuple[int, int]], executor: Executor | None = None) -> list[Any]:
+    """``[fn(*job) for job in jobs]``, in this process or over ``executor`` (a process pool), with one
+    progress line per interval and a final line; ``count(result)`` gives the (done, skipped) it adds.
+    Results come back in the order of ``jobs`` whatever order they finish in."""
+    jobs = list(jobs)
+    if executor is None:
+        results = []
+        for job in jobs:
+            results.append(fn(*job))
+            progress.update(*count(results[-1]))
+    else:
+        futures = [executor.submit(fn, *job) for job in jobs]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=progress.interval_s, return_when=FIRST_COMPLETED)
+            for future in done:
+                d, s = count(future.result())
+                progress.done, progress.skipped = progress.done + d, progress.skipped + s
+            progress.update(force=not done)
+        results = [f.result() for f in futures]
+    progress.finish()
+    return results

@@ -7,6 +7,7 @@ standard AWS environment variables (or, with none set, the AWS default chain suc
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -114,6 +115,21 @@ def require_input(uri: str) -> Location:
     if not exists(loc):
         raise StorageError(f"input not found: {uri}")
     return loc
+
+
+def identity(locations: list[Location]) -> dict:
+    """What a run pins about its input files: their count, total size and a digest of every file's
+    (URI, size, modification time) — so an input rewritten in place is noticed like a changed flag.
+    (On S3 the modification time is the object's LastModified; pyarrow does not expose the ETag.)"""
+    digest = hashlib.sha256()
+    total = 0
+    for loc in sorted(locations, key=lambda l: l.uri):
+        info = file_info(loc)
+        if info.type != pafs.FileType.File:
+            raise StorageError(f"input not found: {loc.uri}")
+        total += info.size
+        digest.update(f"{loc.uri}\t{info.size}\t{info.mtime_ns}\n".encode())
+    return {"files": len(locations), "bytes": total, "sha256": digest.hexdigest()}
 
 
 def require_writable(uri: str) -> Location:

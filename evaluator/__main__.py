@@ -7,7 +7,8 @@ from collections.abc import Callable
 from cluster.cli import run_cli
 
 USAGE = """usage: python -m evaluator genecis [options]
-  genecis   score a model on the GeneCIS benchmark with Ray (see `genecis --help`)"""
+  genecis     score a model on the GeneCIS benchmark with Ray (see `genecis --help`)
+  retrieval   held-out image<->text R@1/R@5 on a procedural world, with its ceiling (see `retrieval --help`)"""
 
 
 def _genecis(argv: list[str]) -> int:
@@ -28,15 +29,29 @@ def _genecis(argv: list[str]) -> int:
     return 0
 
 
+def _retrieval(argv: list[str]) -> int:
+    import json
+    import logging
+
+    from cluster.config import parse_config
+    from evaluator.retrieval import RetrievalConfig, run
+
+    cfg = parse_config(RetrievalConfig, argv, prog="python -m evaluator retrieval")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(json.dumps(run(cfg), indent=2))
+    return 0
+
+
 def _known() -> tuple[type[BaseException], ...]:
     from evaluator.encode import ModelError
     from evaluator.genecis_data import AnnotationError
+    from evaluator.retrieval import WorldError
     from trainer.checkpoint import CheckpointError
 
-    return (ModelError, AnnotationError, CheckpointError)
+    return (ModelError, AnnotationError, CheckpointError, WorldError)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"genecis": _genecis}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"genecis": _genecis, "retrieval": _retrieval}
 
 
 def main(argv: list[str] | None = None) -> int:

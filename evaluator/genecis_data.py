@@ -20,14 +20,10 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cluster.storage import join_uri, read_bytes, require_input, resolve
+from evaluator.tasks import ANNOTATIONS_DIR, COCO_DIR, TASKS, VG_DIR
 
 DILATION = 0.7
 TARGET_RANK = 0  # by construction: candidates are [target] + gallery
-TASKS: tuple[str, ...] = ("focus_attribute", "change_attribute", "focus_object", "change_object")
-ATTRIBUTE_TASKS: tuple[str, ...] = ("focus_attribute", "change_attribute")
-OBJECT_TASKS: tuple[str, ...] = ("focus_object", "change_object")
-GALLERY_SIZE: dict[str, int] = {"focus_attribute": 10, "change_attribute": 15, "focus_object": 15,
-                                "change_object": 15}  # including the target
 RECORD_KEYS = frozenset({"reference", "target", "condition", "gallery"})
 
 
@@ -175,8 +171,8 @@ class BenchmarkLayout:
     @classmethod
     def synthetic(cls, root: str) -> "BenchmarkLayout":
         """The layout ``python -m synthetic benchmark`` writes under ``root``."""
-        return cls(join_uri(root, "annotations"), join_uri(root, "vg", "VG_100K_all"),
-                   join_uri(root, "coco", "val2017"))
+        return cls(join_uri(root, ANNOTATIONS_DIR), join_uri(root, *VG_DIR.split("/")),
+                   join_uri(root, *COCO_DIR.split("/")))
 
     def annotation_uri(self, task: str) -> str:
         if task not in TASKS:

@@ -1,9 +1,16 @@
-"""``python -m miner <command> [options]`` dispatcher."""
+"""``python -m miner <command> [options]`` dispatcher (a known error: one line and exit code 2)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+
+from cluster.cli import run_cli
+
+USAGE = """usage: python -m miner {run,parse,parse-eval} [options]
+  run         mine triplets from a caption corpus on Ray (see `run --help`)
+  parse       captions (one per line) -> scene graphs (JSON lines)
+  parse-eval  score the parser against FACTUAL-style gold scene graphs"""
 
 
 def _parse(argv: list[str]) -> int:
@@ -24,12 +31,15 @@ def _run(argv: list[str]) -> int:
 
     from cluster.config import parse_config
     from miner.config import MinerConfig
+
+    cfg = parse_config(MinerConfig, argv, prog="python -m miner run")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from miner.pipeline import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(MinerConfig, argv, prog="python -m miner run")
     manifest = run(cfg)
-    print(json.dumps(manifest["counts"], indent=2))
+    print(json.dumps({"counts": manifest["counts"],
+                      "unavailable": {k: v["unavailable"] for k, v in manifest["kinds"].items()
+                                      if "unavailable" in v}}, indent=2))
     return 0
 
 
@@ -43,13 +53,9 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
-        print(f"usage: python -m miner {{{','.join(COMMANDS)}}} [options]\n"
-              "  run         mine triplets from a caption corpus on Ray (see `run --help`)\n"
-              "  parse       captions (one per line) -> scene graphs (JSON lines)\n"
-              "  parse-eval  score the parser against FACTUAL-style gold scene graphs",
-              file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 0 if args[:1] in (["--help"], ["-h"]) else 2
-    return COMMANDS[args[0]](args[1:])
+    return run_cli(COMMANDS[args[0]], args[1:])
 
 
 if __name__ == "__main__":

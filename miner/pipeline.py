@@ -1,56 +1,133 @@
-"""The Ray launcher of the miner: read -> parse (actor pool) -> graphs -> mine -> write -> manifest.
+"""The Ray launcher of the miner: check -> pin -> read -> parse (actor pool) -> graphs -> mine -> manifest.
 
 Everything heavy lives in Ray-free modules (``readers``, ``parser``, ``graphs``, ``mining``,
-``triplets``); this file only distributes it.  Resume: a graph shard with a stats marker and a triplet
-shard with a stats marker are never redone; ``_manifest.json`` is written last and a run that finds it
-does no work.
+``triplets``); this file only distributes it, following the run protocol of ``cluster.stage``:
+everything checkable is checked before Ray starts and before ``config.json`` is pinned (the spaCy model,
+the concreteness table, the input exists and holds at least one valid caption); a graph shard and a
+triplet shard with a stats marker are never redone; ``_manifest.json`` is written last and a run that
+finds it does no work.  A kind the corpus cannot give one triplet of is reported in the manifest
+(0 triplets and the reason); the other kinds finish.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
-import threading
 import time
+import warnings
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
 
-from cluster import storage
-from cluster.config import config_to_dict, pin_config
+from cluster import rayutil, stage, storage
+from cluster.config import ConfigError, config_to_dict, normalised_dict, pin_config
 from cluster.progress import Progress
+from cluster.stage import InputError
 from miner import graphs as G
 from miner import triplets as T
 from miner.config import MinerConfig
-from miner.readers import CaptionRules, ShardSpec, SkipCounter, plan_shards
+from miner.readers import CaptionRules, Record, ShardSpec, SkipCounter, plan_shards, read_shard
 
 log = logging.getLogger("genecis_ray.miner")
-THREAD_CAPS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+PREFLIGHT_ROWS = 10_000  # rows read on the driver, at most, to find one valid caption before any work
 
 
 def run(cfg: MinerConfig) -> dict[str, Any]:
     """Run (or resume) the whole miner; returns the manifest."""
-    specs = plan_shards(cfg.input, cfg.format, cfg.shard_bytes, cfg.row_groups_per_shard)
+    specs = preflight(cfg)
     out = storage.require_writable(cfg.output)
-    pin_config(out, config_to_dict(cfg), MinerConfig.output_defining_fields(), "miner run")
-    manifest_loc = out.child("_manifest.json")
-    if storage.exists(manifest_loc):
+    files = sorted({s.uri for s in specs})
+    pin_config(out, cfg, "miner run", inputs={"input": storage.identity([storage.resolve(f) for f in files])})
+    manifest = stage.finished(out)
+    if manifest is not None:
         log.info("output %s is complete (_manifest.json exists): nothing to do", cfg.output)
-        return storage.read_json(manifest_loc)
-    _init_ray(cfg)
+        return manifest
+    rayutil.init_ray(cfg.ray_address)
     t0 = time.monotonic()
     graphs = out.child("graphs")
     parse_stats = parse_stage(cfg, specs, graphs)
     t_parse = time.monotonic() - t0
     _log_skips(parse_stats)
+    _require_parsed(cfg, parse_stats)
     mine_stats = mine_stage(cfg, out, graphs, sorted(parse_stats))
     manifest = build_manifest(cfg, specs, parse_stats, mine_stats,
                               {"parse_s": round(t_parse, 1), "total_s": round(time.monotonic() - t0, 1)})
-    storage.write_json(manifest_loc, manifest)
-    log.info("wrote %s", manifest_loc.uri)
+    log.info("wrote %s", stage.write_manifest(out, manifest).uri)
     return manifest
+
+
+# ------------------------------------------------------------------------------------------ checks
+def preflight(cfg: MinerConfig) -> list[ShardSpec]:
+    """Everything that can be checked before Ray starts and before anything is written; returns the shards."""
+    check_spacy_model(cfg.spacy_model)
+    _check_concreteness_table(cfg)
+    specs = plan_shards(cfg.input, cfg.format, cfg.shard_bytes, cfg.row_groups_per_shard)
+    require_a_caption(cfg, specs)
+    return specs
+
+
+def check_spacy_model(name: str) -> None:
+    """The model must be an importable spaCy package or a model folder (checked without loading it)."""
+    from miner.parser import FALLBACK_MODEL, INSTALL_HINT
+
+    candidates = [name] + ([FALLBACK_MODEL] if name == "en_core_web_sm" else [])
+    if not any(os.path.isdir(c) or _importable(c) for c in candidates):
+        raise ConfigError(f"--spacy-model {name!r} is neither an installed spaCy package nor a model folder "
+                          f"(e.g. `{INSTALL_HINT}`)")
+
+
+def _check_concreteness_table(cfg: MinerConfig) -> None:
+    if cfg.concreteness and cfg.concreteness_table:
+        try:
+            _concreteness(cfg)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--concreteness-table {cfg.concreteness_table!r}: {err}") from err
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent is missing, or an empty name
+        return False
+
+
+def require_a_caption(cfg: MinerConfig, specs: list[ShardSpec], max_rows: int = PREFLIGHT_ROWS) -> None:
+    """Read the input from the start until one valid caption appears; an input that ends first holds none
+    (an empty file, an image, a TSV with other columns) and is refused before any work."""
+    rules = CaptionRules(cfg.max_caption_chars, cfg.min_ascii_letter_ratio)
+    skips = SkipCounter(max_examples=0)
+    rows = 0
+    for spec in specs:
+        for item in read_shard(spec, rules):
+            if isinstance(item, Record):
+                return
+            skips.add(item, spec.uri)
+            rows += 1
+            if rows >= max_rows:
+                return  # undecided: the parse stage counts the rest, and _require_parsed decides
+    raise InputError(f"{cfg.input}: no valid caption in {rows:,} rows ({_reasons(skips.counts)}); "
+                     f"is --format {cfg.format} right?")
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in sorted(counts.items())) or "the input is empty"
+
+
+def _require_parsed(cfg: MinerConfig, parse_stats: dict[int, dict]) -> None:
+    """After the parse stage: an input without one valid caption is an error, not an empty manifest."""
+    if sum(st["parsed"] for st in parse_stats.values()) == 0:
+        skips = SkipCounter(max_examples=0)
+        for st in parse_stats.values():
+            skips.merge(st["skipped"], {})
+        read = sum(st["read"] for st in parse_stats.values())
+        raise InputError(f"{cfg.input}: no valid caption in {read:,} rows ({_reasons(skips.counts)}); "
+                         f"is --format {cfg.format} right?")
 
 
 def _log_skips(parse_stats: dict[int, dict], examples: int = 3) -> None:
@@ -62,42 +139,15 @@ def _log_skips(parse_stats: dict[int, dict], examples: int = 3) -> None:
         log.warning("skipped %d captions as %s, e.g. %s", n, reason, " | ".join(skips.examples[reason]))
 
 
-def _init_ray(cfg: MinerConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {**storage.worker_env(), **THREAD_CAPS}
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-
-
 # --------------------------------------------------------------------------------------- parse stage
-class ProgressCounter:
-    """A tiny actor the parse workers report to, so the driver can print one global line."""
-
-    def __init__(self) -> None:
-        self.parsed = 0
-        self.skipped = 0
-
-    def add(self, parsed: int, skipped: int) -> None:
-        self.parsed += parsed
-        self.skipped += skipped
-
-    def totals(self) -> tuple[int, int]:
-        return self.parsed, self.skipped
-
-
 class ParseShardWorker:
     """Ray Data stage: loads spaCy once in ``__init__``, then parses whole shards."""
 
     def __init__(self, cfg: dict, graphs_uri: str, counter) -> None:
         from miner.parser import SceneGraphParser
 
-        self.parser = SceneGraphParser(cfg["spacy_model"], cfg["parse_batch_size"])
+        self.parser = SceneGraphParser(cfg["spacy_model"], cfg["parse_batch_size"],
+                                       drop_meta_nouns=cfg["drop_meta_nouns"])
         self.rules = CaptionRules(cfg["max_caption_chars"], cfg["min_ascii_letter_ratio"])
         self.graphs = storage.resolve(graphs_uri)
         self.counter = counter
@@ -117,59 +167,58 @@ class ParseShardWorker:
 
 def parse_stage(cfg: MinerConfig, specs: list[ShardSpec], graphs: storage.Location) -> dict[int, dict]:
     """Parse every shard that has no stats marker yet; returns the stats of all shards."""
-    import ray
-
     storage.ensure_dir(graphs)
     done = G.read_graph_stats(graphs, (s.shard_id for s in specs))
     pending = [s for s in specs if s.shard_id not in done]
     log.info("parse: %d shards, %d already done, %d to parse", len(specs), len(done), len(pending))
     if not pending:
         return done
-    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
-    total_bytes = sum(s.end - s.start for s in pending)
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_parse, args=(cfg, counter, done, pending, total_bytes, stop),
-                               daemon=True)
-    watcher.start()
-    try:
+    prog = Progress("parse", None, "captions", cfg.progress_interval_s, emit=log.info)
+    on_poll = _shard_note(done, pending)
+    counter = rayutil.progress_counter()
+    with rayutil.poll_progress(counter, prog, on_poll):
         ds = ray.data.from_items([asdict(s) for s in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(ParseShardWorker, batch_size=1, concurrency=min(_parse_workers(cfg), len(pending)),
-                            num_cpus=cfg.cpus_per_parse_worker,
-                            fn_constructor_kwargs={"cfg": config_to_dict(cfg), "graphs_uri": graphs.uri,
-                                                   "counter": counter})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
+            ds = ds.map_batches(ParseShardWorker, batch_size=1,
+                                compute=ray.data.ActorPoolStrategy(size=min(_parse_workers(cfg), len(pending))),
+                                num_cpus=cfg.cpus_per_parse_worker, **_restarts(cfg),
+                                fn_constructor_kwargs={"cfg": config_to_dict(cfg), "graphs_uri": graphs.uri,
+                                                       "counter": counter})
         for row in ds.iter_rows():
             done[int(row["shard_id"])] = json.loads(row["stats"])
-    finally:
-        stop.set()
-        watcher.join()
     return done
+
+
+def _restarts(cfg: MinerConfig) -> dict[str, int]:
+    """Ray Data restarts a dead actor forever by default, which makes Ray warn that the actors'
+    constructor arguments (Ray Data's own, in the object store) might be gone by then.  The miner's
+    default is no restart: a dead parser fails the run, and the rerun redoes only the shards without a
+    marker.  (Ray 2.60 takes ``max_restarts`` only through its deprecated ``**ray_remote_args``, whose
+    warning the caller silences for that one call.)"""
+    if cfg.parse_actor_restarts == -1:
+        return {}
+    return {"max_restarts": cfg.parse_actor_restarts}
 
 
 def _parse_workers(cfg: MinerConfig) -> int:
     if cfg.parse_workers > 0:
         return cfg.parse_workers
-    import ray
-
     cpus = ray.cluster_resources().get("CPU", 1)
     return max(1, int(cpus / max(cfg.cpus_per_parse_worker, 1.0)) - 1)
 
 
-def _watch_parse(cfg, counter, done, pending, total_bytes, stop) -> None:
-    """Driver thread: one progress line every few seconds with captions/s, skips and ETA."""
-    import ray
+def _shard_note(done: dict[int, dict], pending: list[ShardSpec]):
+    """Before each parse line: committed shards, and a caption total estimated from the bytes done."""
+    total_bytes = sum(s.end - s.start for s in pending)
 
-    prog = Progress("parse", None, "captions", cfg.progress_interval_s, emit=log.info)
-    base = len(done)
-    while not stop.wait(cfg.progress_interval_s):
-        parsed, skipped = ray.get(counter.totals.remote())
-        prog.done, prog.skipped = parsed, skipped
+    def on_poll(prog: Progress) -> None:
         finished = [done[s.shard_id] for s in pending if s.shard_id in done]
         bytes_done = sum(st["range"][1] - st["range"][0] for st in finished)
         if bytes_done:
-            per_byte = sum(st["read"] for st in finished) / bytes_done
-            prog.total = int(total_bytes * per_byte)
-        prog.update(force=True)
-        log.info("parse: %d/%d shards committed", len(done) - base, len(pending))
+            prog.total = int(total_bytes * sum(st["read"] for st in finished) / bytes_done)
+        prog.note = f"shards {len(finished)}/{len(pending)}"
+    return on_poll
 
 
 # ---------------------------------------------------------------------------------------- mine stage
@@ -221,8 +270,6 @@ def _encode_batch(batch: pa.Table, vocabs: T.Vocabs) -> pa.Table:
 
 def _assemble_tables(*blocks: pa.Table) -> T.MiningTables:
     """Concatenate the encoded blocks into the two integer tables, sorted for determinism."""
-    import pyarrow.compute as pc
-
     table = pa.concat_tables([b for b in blocks if b.num_rows]) if blocks else None
     if table is None or table.num_rows == 0:
         empty = {c: np.zeros(0, np.int64 if c == "caption_id" else np.int32)
@@ -238,10 +285,8 @@ def _assemble_tables(*blocks: pa.Table) -> T.MiningTables:
 def mine_stage(cfg: MinerConfig, out: storage.Location, graphs: storage.Location,
                shard_ids: list[int]) -> dict[str, Any]:
     """Sample and write every triplet shard without a marker; returns per-chunk stats and table sizes."""
-    import ray
-
     chunks = T.plan_chunks(cfg.kinds, cfg.num_triplets, cfg.val_fraction, cfg.triplets_per_shard)
-    done = {c.name: storage.read_json(c.marker(out)) for c in chunks if storage.exists(c.marker(out))}
+    done = stage.committed({c.name: c.marker(out) for c in chunks})
     pending = [c for c in chunks if c.name not in done]
     log.info("mine: %d triplet shards, %d already done", len(chunks), len(done))
     info: dict[str, Any] = {"chunks": done}
@@ -249,15 +294,22 @@ def mine_stage(cfg: MinerConfig, out: storage.Location, graphs: storage.Location
         return info
     t0 = time.monotonic()
     paths = [graphs.child(G.shard_name(s) + ".parquet").path for s in shard_ids]
-    rows = ray.data.read_parquet(paths, filesystem=graphs.fs).select_columns(["caption_id", "graph"]) \
-        .map_batches(_explode_batch, batch_format="pyarrow").materialize()
-    names = rows.map_batches(_names_batch, batch_format="pyarrow").groupby(["vocab", "name"]).count()
-    by_vocab: dict[str, list[str]] = {}
-    for r in names.iter_rows():
-        by_vocab.setdefault(r["vocab"], []).append(r["name"])
-    vocabs = T.Vocabs.from_names(by_vocab)
-    encoded = rows.map_batches(_encode_batch, batch_format="pyarrow", fn_kwargs={"vocabs": vocabs})
-    tables_ref = ray.remote(_assemble_tables).remote(*encoded.to_arrow_refs())
+    prog = Progress("mine index", 3, "steps", cfg.progress_interval_s, emit=log.info)
+    with rayutil.poll_progress(None, prog):
+        prog.note = "reading and exploding graphs"
+        rows = ray.data.read_parquet(paths, filesystem=graphs.fs).select_columns(["caption_id", "graph"]) \
+            .map_batches(_explode_batch, batch_format="pyarrow").materialize()
+        prog.done, prog.note = 1, "vocabularies (distributed group-by)"
+        names = rows.map_batches(_names_batch, batch_format="pyarrow").groupby(["vocab", "name"]).count()
+        by_vocab: dict[str, list[str]] = {}
+        for r in names.iter_rows():
+            by_vocab.setdefault(r["vocab"], []).append(r["name"])
+        vocabs = T.Vocabs.from_names(by_vocab)
+        prog.done, prog.note = 2, "encoding the mining tables"
+        encoded = rows.map_batches(_encode_batch, batch_format="pyarrow", fn_kwargs={"vocabs": vocabs})
+        tables_ref = ray.remote(_assemble_tables).remote(*encoded.to_arrow_refs())
+        ray.wait([tables_ref], fetch_local=False)
+        prog.done, prog.note = 3, f"{sum(len(vocabs.get(k)) for k in ('entity', 'predicate', 'value')):,} names"
     scores = T.Scores.build(vocabs, _concreteness(cfg))
     info["vocab"] = {k: len(vocabs.get(k)) for k in ("entity", "predicate", "value")}
     info["index_s"] = round(time.monotonic() - t0, 1)
@@ -293,8 +345,6 @@ def _needed_ids(kind: str, tables: T.MiningTables, *samples) -> np.ndarray:
 
 def _lookup(path: str, fs, needed: np.ndarray) -> pa.Table:
     """The (caption_id, key, url) rows of one graph shard that sampled triplets refer to."""
-    import pyarrow.parquet as pq
-
     with fs.open_input_file(path) as f:
         t = pq.read_table(f, columns=["caption_id", "key", "url"])
     keep = np.isin(t.column("caption_id").to_numpy(), needed)
@@ -315,24 +365,22 @@ def _write(out_uri: str, chunk: T.Chunk, samples, tables: T.MiningTables, vocabs
 
 
 def _mine_kinds(cfg, out, graphs, paths, pending, tables_ref, vocabs, scores, done) -> dict[str, Any]:
-    import ray
-
+    """Per kind: its pair index (or the reason the corpus cannot give it one triplet), the sampling tasks
+    and the writers; an unminable kind is reported and the others go on."""
     rule = _rule(cfg)
     kinds_info: dict[str, Any] = {}
     scores_ref, vocabs_ref = ray.put(scores), ray.put(vocabs)
+    index_of = ray.remote(num_returns=2)(T.minable_index)
     for kind in cfg.kinds:
         mine = [c for c in pending if c.kind == kind]
         if not mine:
             continue
-        index_ref = ray.remote(T.build_index).remote(kind, tables_ref)
-        try:
-            ray.get(index_ref)
-        except ray.exceptions.RayTaskError as err:
-            if isinstance(err.cause, ValueError):  # degenerate table: no candidates for this kind
-                kinds_info[kind] = {"unavailable": str(err.cause)}
-                log.warning("mine: kind %s skipped: %s", kind, err.cause)
-                continue
-            raise
+        index_ref, reason_ref = index_of.remote(kind, tables_ref, cfg.seed, rule, scores_ref)
+        reason = ray.get(reason_ref)
+        if reason is not None:
+            kinds_info[kind] = {"triplets": 0, "unavailable": reason}
+            log.warning("mine: no %s triplets from this corpus: %s", kind, reason)
+            continue
         sample = ray.remote(T.sample_range)
         samples = [sample.remote(kind, index_ref, c.lo, c.hi, cfg.seed, rule, scores_ref) for c in mine]
         kinds_info[kind] = _resolve_and_write(cfg, out, graphs, paths, mine, samples, tables_ref, vocabs_ref,
@@ -341,8 +389,6 @@ def _mine_kinds(cfg, out, graphs, paths, pending, tables_ref, vocabs, scores, do
 
 
 def _resolve_and_write(cfg, out, graphs, paths, chunks, samples, tables_ref, vocabs_ref, scores_ref, done):
-    import ray
-
     kind = chunks[0].kind
     needed = ray.remote(_needed_ids).remote(kind, tables_ref, *samples)
     lookups = [ray.remote(_lookup).remote(p, graphs.fs, needed) for p in paths]
@@ -352,15 +398,8 @@ def _resolve_and_write(cfg, out, graphs, paths, chunks, samples, tables_ref, voc
             for c, s in zip(chunks, samples)}
     prog = Progress(f"mine {kind}", sum(c.hi - c.lo for c in chunks), "triplets", cfg.progress_interval_s,
                     emit=log.info)
-    remaining = list(refs)
-    while remaining:
-        ready, remaining = ray.wait(remaining, num_returns=1, timeout=cfg.progress_interval_s)
-        for r in ready:
-            st = ray.get(r)
-            done[refs[r].name] = st
-            prog.update(st["written"], st["failed"])
-        prog.update(force=not ready)
-    prog.finish()
+    for chunk, st in rayutil.track(refs, prog, lambda st: (st["written"], st["failed"])).items():
+        done[chunk.name] = st
     return {"chunks_written": len(chunks)}
 
 
@@ -371,6 +410,9 @@ def build_manifest(cfg: MinerConfig, specs, parse_stats: dict[int, dict], mine: 
         skips.merge(st["skipped"], st["skip_examples"])
     triplets: dict[str, dict[str, int]] = {}
     failed: dict[str, int] = {}
+    for kind, info in mine.get("kinds", {}).items():
+        if "unavailable" in info:
+            triplets[kind], failed[kind] = {"val": 0, "train": 0}, 0
     for st in mine["chunks"].values():
         triplets.setdefault(st["kind"], {}).setdefault(st["split"], 0)
         triplets[st["kind"]][st["split"]] += st["written"]
@@ -386,7 +428,7 @@ def build_manifest(cfg: MinerConfig, specs, parse_stats: dict[int, dict], mine: 
         "kinds": mine.get("kinds", {}),
         "vocab": mine.get("vocab", {}),
         "timing_s": {**timing, **{k: mine[k] for k in ("index_s", "mine_s") if k in mine}},
-        "config": config_to_dict(cfg),
+        "config": normalised_dict(cfg),
         "versions": _versions(),
         "layout": {"graphs": "graphs/part-*.parquet", "triplets": "triplets/{train,val}/part-*.parquet"},
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow.parquet as pq
@@ -33,6 +33,7 @@ _FOREIGN_WORDS = frozenset(
 _ENGLISH_WORDS = frozenset(
     "a an the of in on with and at to is are by for from near next his her their its this that".split())
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+EXAMPLE_CHARS = 80  # characters of bad input kept as a skip's example
 
 
 @dataclass(frozen=True)
@@ -141,13 +142,13 @@ def _text_record(spec: ShardSpec, row: int, raw: bytes, rules: CaptionRules) -> 
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return Skip(BAD_UTF8, row, raw[:120].decode("utf-8", "replace"))
+        return Skip(BAD_UTF8, row, safe_example(raw))
     if not text.strip():
         return Skip(EMPTY, row, "blank line")
     if spec.fmt == "cc3m-tsv":
         fields = text.split("\t")
         if len(fields) != 2:
-            return Skip(BAD_FIELDS, row, f"{len(fields)} fields: {text[:120]}")
+            return Skip(BAD_FIELDS, row, f"{len(fields)} fields: {safe_example(text)}")
         caption, url, key = fields[0], fields[1].strip(), None
     else:
         try:
@@ -155,9 +156,9 @@ def _text_record(spec: ShardSpec, row: int, raw: bytes, rules: CaptionRules) -> 
             caption = obj.get("caption", obj.get("text"))
             url, key = str(obj.get("url") or ""), obj.get("key")
         except (json.JSONDecodeError, AttributeError) as err:
-            return Skip(BAD_JSON, row, f"{err}: {text[:120]}")
+            return Skip(BAD_JSON, row, f"{err}: {safe_example(text)}")
         if not isinstance(caption, str):
-            return Skip(EMPTY, row, text[:120])
+            return Skip(EMPTY, row, safe_example(text))
     return check_caption(caption, url, str(key) if key else generated_key(spec.shard_id, row), row, rules)
 
 
@@ -175,21 +176,30 @@ def _parquet_records(loc: storage.Location, spec: ShardSpec, rules: CaptionRules
         key = data["key"][row] if "key" in data and data["key"][row] else generated_key(spec.shard_id, row)
         url = data["url"][row] if "url" in data else ""
         if caption is None:
-            yield Skip(EMPTY, row, f"null caption (key {key})")
+            yield Skip(EMPTY, row, f"null caption (key {safe_example(str(key))})")
             continue
         yield check_caption(str(caption), url or "", str(key), row, rules)
+
+
+def safe_example(value: str | bytes, limit: int = EXAMPLE_CHARS) -> str:
+    """A short printable excerpt of bad input for messages and manifests: at most ``limit`` characters
+    of it, undecodable bytes as ``\\xNN`` and every non-printable character escaped, so that (say) a
+    JPEG given as ``--input`` is never echoed raw to a terminal."""
+    text = value[: 4 * limit].decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+    kept = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    return kept + ("..." if len(text) > limit else "")
 
 
 def check_caption(caption: str, url: str, key: str, row: int, rules: CaptionRules) -> Record | Skip:
     """Validate one caption; a failure is a Skip with its reason and a short example."""
     text = " ".join(caption.split())
     if not text:
-        return Skip(EMPTY, row, repr(caption[:40]))
+        return Skip(EMPTY, row, repr(caption[:40]))  # repr: already printable
     if len(text) > rules.max_caption_chars:
-        return Skip(TOO_LONG, row, f"{len(text)} chars: {text[:80]}...")
+        return Skip(TOO_LONG, row, f"{len(text)} chars: {safe_example(text)}")
     reason = language_problem(text, rules.min_ascii_letter_ratio)
     if reason:
-        return Skip(reason, row, text[:120])
+        return Skip(reason, row, safe_example(text))
     return Record(key=key, url=url, caption=text, row=row)
 
 
@@ -228,6 +238,3 @@ class SkipCounter:
             self.counts[reason] = self.counts.get(reason, 0) + n
             ex = self.examples.setdefault(reason, [])
             ex.extend(examples.get(reason, [])[: self.max_examples - len(ex)])
-
-    def as_dict(self) -> dict:
-        return asdict(self)

@@ -9,16 +9,14 @@ sorted vocabularies, so codes (and hence triplets) do not depend on how the inpu
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from cluster import storage
+from cluster import stage, storage
 from miner import mining
 from miner.attributes import ATTRIBUTE_TYPES, type_codes
 from miner.concreteness import score_strings
@@ -106,6 +104,18 @@ class Scores:
 def build_index(kind: str, tables: MiningTables) -> "mining.PairIndex":
     t = tables.table(kind)
     return mining.build_pair_index(t["subject"], t["object"], t["caption_id"])
+
+
+def minable_index(kind: str, tables: MiningTables, seed: int, rule: "mining.MiningRule",
+                  scores: Scores) -> tuple["mining.PairIndex | None", str | None]:
+    """The kind's pair index, or ``(None, reason)`` when this corpus cannot give the kind one triplet
+    (an empty table, or no subject the rule accepts): the rule's own checks, run on zero ids."""
+    try:
+        index = build_index(kind, tables)
+        sample_range(kind, index, 0, 0, seed, rule, scores)
+    except ValueError as err:  # mining raises ValueError for a table the rule cannot draw from
+        return None, str(err)
+    return index, None
 
 
 def sample_range(kind: str, index: "mining.PairIndex", lo: int, hi: int, seed: int, rule: "mining.MiningRule",
@@ -196,8 +206,8 @@ class Chunk:
 
 
 def plan_chunks(kinds: tuple[str, ...], n: int, val_fraction: float, per_shard: int) -> list[Chunk]:
-    """Deterministic output shards; no shard straddles the val/train boundary."""
-    n_val = int(round(n * val_fraction))
+    """Deterministic output shards; no shard straddles the val/train boundary (:func:`mining.val_count`)."""
+    n_val = mining.val_count(n, val_fraction)
     chunks = []
     for kind in kinds:
         for split, lo, hi in (("val", 0, n_val), ("train", n_val, n)):
@@ -207,10 +217,6 @@ def plan_chunks(kinds: tuple[str, ...], n: int, val_fraction: float, per_shard: 
 
 def write_chunk(out: storage.Location, chunk: Chunk, table: pa.Table, stats: dict) -> dict:
     """Write the shard's Parquet, then its stats marker (the commit point for resume)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    storage.write_bytes_atomic(chunk.parquet(out), buf.getvalue())
     stats = {**stats, "kind": chunk.kind, "split": chunk.split, "range": [chunk.lo, chunk.hi],
              "written": table.num_rows}
-    storage.write_json(chunk.marker(out), stats)
-    return stats
+    return stage.write_committed([(chunk.parquet(out), table)], chunk.marker(out), stats)

@@ -1,4 +1,6 @@
-"""``python -m synthetic <command> [options]``: ``world`` (generate the image-caption world) or ``benchmark``."""
+"""``python -m synthetic <command> [options]``: ``world`` (generate the image-caption world) or ``benchmark``.
+
+Each command's ``main`` follows cluster.cli.run_cli: a known error is one line and exit code 2."""
 from __future__ import annotations
 
 import sys

@@ -320,17 +320,126 @@ def caption_for(scene: Scene, rng: np.random.Generator) -> Caption:
     return _KINDS[kind](scene, rng)
 
 
-def captions_for(scene: Scene, n: int, rng: np.random.Generator) -> list[Caption]:
-    """``n`` captions of ``scene`` (distinct texts where the scene allows; draws only from ``rng``)."""
+def full_phrase(scene: Scene, ref: tuple[int, ...], phrase: int, rng: np.random.Generator) -> _Phrase:
+    """A referent with every attribute it has: "a large solid red star", "two small striped blue hearts"
+    (size, pattern, colour: the order the parser reads; no size before "cross", which it misreads)."""
+    objs = [scene.objects[i] for i in ref]
+    attrs = [("count", str(len(ref)), NUMBER_WORDS[len(ref)])] if len(ref) > 1 else []
+    if len({o.size for o in objs}) == 1 and objs[0].shape != "cross":
+        attrs.append(("size", objs[0].size, _pick(rng, SIZE_WORDS[objs[0].size])))
+    if len({o.pattern for o in objs}) == 1:
+        attrs.append(("pattern", objs[0].pattern, _pick(rng, PATTERN_WORDS[objs[0].pattern])))
+    attrs.append(("color", objs[0].colour, _pick(rng, COLOUR_SYNONYMS.get(objs[0].colour, [(objs[0].colour, 1)]))))
+    shape = objs[0].shape
+    noun = _noun(shape, rng) if len(ref) == 1 else PLURALS.get(shape, shape + "s")
+    lemma = noun if len(ref) == 1 else shape
+    core = " ".join([w for _, _, w in attrs] + [noun])
+    mentions = tuple(ObjectMention(i, lemma, tuple((t, v) for t, v, _ in attrs), tuple(w for _, _, w in attrs),
+                                   phrase) for i in ref)
+    return _Phrase(core if len(ref) > 1 else f"{_article(core)} {core}", mentions)
+
+
+def _dense(scene: Scene, rng: np.random.Generator) -> Caption:
+    """Every object with all its attributes, and the background: the caption-detail knob's kind."""
+    phrases = [full_phrase(scene, ref, n, rng) for n, ref in enumerate(referents(scene))]
+    texts = [p.text for p in phrases]
+    joined = texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} and {texts[-1]}"
+    return Caption(_fill("{list} on a {bg} background", scene, list=joined),
+                   tuple(m for p in phrases for m in p.mentions), ())
+
+
+def captions_for(scene: Scene, n: int, rng: np.random.Generator, detail: float = 0.0) -> list[Caption]:
+    """``n`` captions of ``scene`` (distinct texts where the scene allows; draws only from ``rng``).
+
+    ``detail``: the chance that a caption is "dense" (every object with all its attributes, and the
+    background) instead of one of the web-like kinds.  At 0 nothing extra is drawn, so the captions are
+    exactly those of a world without the knob."""
+    def one() -> Caption:
+        if detail > 0 and rng.random() < detail:
+            return _dense(scene, rng)
+        return caption_for(scene, rng)
+
     out: list[Caption] = []
     seen: set[str] = set()
     for _ in range(8 * n):
         if len(out) == n:
             break
-        cap = caption_for(scene, rng)
-        if cap.text not in seen:
-            seen.add(cap.text)
-            out.append(cap)
+        c = one()
+        if c.text not in seen:
+            seen.add(c.text)
+            out.append(c)
     while len(out) < n:  # a tiny scene may have fewer distinct captions than asked for
-        out.append(caption_for(scene, rng))
+        out.append(one())
     return out
+
+
+# ----------------------------------------------------------------------------------------- consistency
+_NOUN_TO_SHAPE = {w: shape for shape, ws in NOUN_SYNONYMS.items() for w, _ in ws}
+
+
+def stated_background(text: str, backgrounds: Sequence[str]) -> str | None:
+    """The background a caption names ("... on a teal background"), or None."""
+    for bg in backgrounds:
+        if f"on a {bg} background" in text:
+            return bg
+    return None
+
+
+def consistent(caption: Caption, scene: Scene, backgrounds: Sequence[str] = ()) -> bool:
+    """Whether ``caption`` (written for some scene) is a true description of ``scene``.
+
+    True when the caption's mentioned objects can be assigned to distinct objects of ``scene`` such that
+    every noun names the object's kind, every stated attribute is its value, a group ("two red stars")
+    is all of the scene's objects of that kind and colour, every stated relation holds, and a stated
+    background (one of ``backgrounds``) is the scene's.  A single noun phrase ("a red star") is true of
+    any matching object.  A perfect model cannot tell apart the images a caption is consistent with,
+    which bounds 1,000-way retrieval (evaluator/retrieval.py).
+    """
+    bg = stated_background(caption.text, backgrounds)
+    if bg is not None and bg != scene.background:
+        return False
+    kinds: dict[tuple[str, str], int] = {}
+    for o in scene.objects:
+        kinds[(o.shape, o.colour)] = kinds.get((o.shape, o.colour), 0) + 1
+
+    def fits(m: ObjectMention, j: int) -> bool:
+        o = scene.objects[j]
+        if _NOUN_TO_SHAPE.get(m.noun, m.noun) != o.shape:
+            return False
+        for kind, value in m.attrs:
+            if kind == "count":
+                if kinds[(o.shape, o.colour)] != int(value):
+                    return False
+            elif o.value(kind) != value:
+                return False
+        return True
+
+    by_index: dict[int, list[ObjectMention]] = {}  # one object may be named twice (two clauses)
+    for m in caption.objects:
+        by_index.setdefault(m.index, []).append(m)
+    candidates = {i: [j for j in range(len(scene.objects)) if all(fits(m, j) for m in ms)]
+                  for i, ms in by_index.items()}
+    if any(not c for c in candidates.values()):
+        return False
+    facts = set(scene.relations)
+    order = sorted(candidates, key=lambda i: len(candidates[i]))
+    assign: dict[int, int] = {}  # caption's object index -> scene object index
+
+    def relations_hold() -> bool:
+        return all((assign[s], p, assign[o]) in facts for s, p, o in caption.relations
+                   if s in assign and o in assign)
+
+    def search(pos: int) -> bool:
+        if pos == len(order):
+            return True
+        i = order[pos]
+        for j in candidates[i]:
+            if j in assign.values():
+                continue
+            assign[i] = j
+            if relations_hold() and search(pos + 1):
+                return True
+            del assign[i]
+        return False
+
+    return search(0)

@@ -30,13 +30,9 @@ from typing import Callable
 
 import numpy as np
 
+from evaluator.tasks import ATTRIBUTE_TASKS, GALLERY_SIZE, TASKS
 from synthetic.scene import Obj, Scene
 
-TASKS: tuple[str, ...] = ("focus_attribute", "change_attribute", "focus_object", "change_object")
-ATTRIBUTE_TASKS: tuple[str, ...] = ("focus_attribute", "change_attribute")
-OBJECT_TASKS: tuple[str, ...] = ("focus_object", "change_object")
-GALLERY_SIZE: dict[str, int] = {"focus_attribute": 10, "change_attribute": 15, "focus_object": 15,
-                                "change_object": 15}  # including the target, as GeneCIS
 ALL_ATTRIBUTE_TYPES: tuple[str, ...] = ("color", "size", "pattern")
 FOCUS_MIN_SHARED = 2
 STREAM_ORACLE = 201  # RNG stream of the oracles' tie-breaking

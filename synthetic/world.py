@@ -24,7 +24,7 @@ import multiprocessing
 import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -32,8 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from cluster import storage
-from cluster.config import ConfigMismatch, config_to_dict, option, parse_config, pin_config  # noqa: F401 (re-export)
+from cluster import stage, storage
+from cluster.cli import run_cli
+from cluster.progress import Progress, map_with_progress
+from cluster.config import (ConfigMismatch, option, parse_config, pin_config, pinned_dict,  # noqa: F401
+                            required, validate_fields)  # ConfigMismatch: re-exported for callers
 from synthetic import captions as cap
 from synthetic.look import LookConfig
 from synthetic import scene as sc
@@ -43,6 +46,7 @@ log = logging.getLogger("genecis_ray.synthetic.world")
 
 TAR_MTIME = 946684800  # 2000-01-01: a fixed mtime so shards are byte-identical across runs
 KEY_DIGITS = 9
+MANIFEST = "_world.json"
 
 
 
@@ -50,17 +54,20 @@ KEY_DIGITS = 9
 class WorldConfig(LookConfig):
     """Generate a synthetic image-caption world (images, webdataset shards, Parquet index, CC3M TSV)."""
 
-    output: str = field(metadata={"help": "output root, local path or s3://bucket/prefix"})
-    images: int = option(10_000, "number of images (scenes 0 .. images-1)")
-    seed: int = option(0, "world seed: scene i is a pure function of (seed, i)")
-    captions_per_image: int = option(2, "captions per image (the first is KEY.txt)")
-    shard_size: int = option(1000, "images per shard (the unit of parallelism and resume)")
-    workers: int = option(2, "worker processes (does not change any output byte)")
+    output: str = required("output root, local path or s3://bucket/prefix (the image URLs written in the "
+                           "index and TSV point under it)", uri=True)
+    images: int = option(10_000, "number of images (scenes 0 .. images-1)", min=0)
+    seed: int = option(0, "world seed: scene i is a pure function of (seed, i)", min=0)
+    captions_per_image: int = option(2, "captions per image (the first is KEY.txt)", min=1)
+    caption_detail: float = option(0.0, "chance that a caption names every object with all its attributes "
+                                        "and the background (0 = web-like captions only)", min=0.0, max=1.0)
+    shard_size: int = option(1000, "images per shard (the unit of parallelism and resume)", min=1)
+    workers: int = option(2, "worker processes (does not change any output byte)", runtime=True, min=1)
+    progress_interval_s: float = option(5.0, "seconds between progress lines", runtime=True, min=0.1)
     write_images: bool = option(True, "also write images/KEY.jpg (one object per image)")
 
     def __post_init__(self) -> None:
-        if self.images < 0 or self.shard_size < 1 or self.workers < 1 or self.captions_per_image < 1:
-            raise ValueError("need images >= 0, shard_size >= 1, workers >= 1, captions_per_image >= 1")
+        validate_fields(self)
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be in 1..100")
         self.spec()  # validates the WorldSpec knobs
@@ -70,14 +77,6 @@ class WorldConfig(LookConfig):
 
     def shard_range(self, shard: int) -> tuple[int, int]:
         return shard * self.shard_size, min((shard + 1) * self.shard_size, self.images)
-
-    @staticmethod
-    def runtime_fields() -> tuple[str, ...]:
-        """Fields that change how, not what, is written (kept out of config.json)."""
-        return ("workers",)
-
-    def output_config(self) -> dict[str, Any]:
-        return {k: v for k, v in config_to_dict(self).items() if k not in self.runtime_fields()}
 
 
 # ----------------------------------------------------------------------------------------- names
@@ -116,7 +115,7 @@ def make_sample(cfg: WorldConfig, spec: sc.WorldSpec, out: storage.Location, sce
     scene = sc.sample_scene(cfg.seed, scene_id, spec)
     jpeg = encode_jpeg(render_scene(scene, cfg.texture), cfg.jpeg_quality)
     rng = np.random.default_rng((cfg.seed, sc.STREAM_CAPTION, scene_id))
-    caps = cap.captions_for(scene, cfg.captions_per_image, rng)
+    caps = cap.captions_for(scene, cfg.captions_per_image, rng, detail=cfg.caption_detail)
     key = key_of(scene_id)
     url = image_uri(out, key)
     record = {"key": key, "url": url, "seed": cfg.seed, "scene": scene_json(scene),
@@ -155,9 +154,7 @@ def shard_index(samples: Sequence[Sample]) -> bytes:
     rows = [(s.key, c, s.url) for s in samples for c in s.captions]
     table = pa.table({"key": [r[0] for r in rows], "caption": [r[1] for r in rows], "url": [r[2] for r in rows]},
                      schema=INDEX_SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=max(len(rows), 1), compression="zstd")
-    return buf.getvalue()
+    return stage.parquet_bytes(table, row_group_size=max(len(rows), 1))
 
 
 # ----------------------------------------------------------------------------------------- one shard
@@ -168,17 +165,16 @@ def write_shard(cfg: WorldConfig, shard: int) -> dict[str, Any]:
     spec = cfg.spec()
     start, stop = cfg.shard_range(shard)
     samples = [make_sample(cfg, spec, out, i) for i in range(start, stop)]
-    if cfg.write_images:
-        storage.write_many([(out.child("images", f"{s.key}.jpg"), s.jpeg) for s in samples])
+    images = [(out.child("images", f"{s.key}.jpg"), s.jpeg) for s in samples] if cfg.write_images else []
     tar, index = shard_tar(samples), shard_index(samples)
-    storage.write_bytes_atomic(out.child("shards", shard_name(shard, ".tar")), tar)
-    storage.write_bytes_atomic(out.child("index", shard_name(shard, ".parquet")), index)
     stats = {"shard": shard, "first_id": start, "stop_id": stop, "images": len(samples),
              "captions": sum(len(s.captions) for s in samples), "objects": sum(len(s.record["scene"]["objects"])
                                                                              for s in samples),
              "bytes": {"tar": len(tar), "index": len(index), "jpeg": sum(len(s.jpeg) for s in samples)},
              "sha256": {"tar": hashlib.sha256(tar).hexdigest(), "index": hashlib.sha256(index).hexdigest()}}
-    storage.write_json(out.child("_stats", shard_name(shard, ".json")), stats)
+    data = [*images, (out.child("shards", shard_name(shard, ".tar")), tar),
+            (out.child("index", shard_name(shard, ".parquet")), index)]
+    stage.write_committed(data, out.child("_stats", shard_name(shard, ".json")), stats)
     return {**stats, "seconds": time.perf_counter() - t0}
 
 
@@ -195,11 +191,19 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 def generate(cfg: WorldConfig, shards: Sequence[int]) -> list[dict[str, Any]]:
-    """Write the given shards, in-process for one worker, else over a process pool."""
+    """Write the given shards, in-process for one worker, else over a process pool (a progress line per
+    interval)."""
+    total = sum(stop - start for start, stop in map(cfg.shard_range, shards))
+    prog = Progress("world", total, "images", cfg.progress_interval_s, emit=log.info)
+    jobs = [(cfg, s) for s in shards]
     if cfg.workers == 1 or len(shards) <= 1:
-        return [write_shard(cfg, s) for s in shards]
+        return map_with_progress(write_shard, jobs, prog, _images)
     with _pool(min(cfg.workers, len(shards))) as pool:
-        return list(pool.map(write_shard, [cfg] * len(shards), shards))
+        return map_with_progress(write_shard, jobs, prog, _images, pool)
+
+
+def _images(stats: dict[str, Any]) -> tuple[int, int]:
+    return stats["images"], 0
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -239,24 +243,23 @@ def run_world(cfg: WorldConfig) -> dict[str, Any]:
     """Generate (or finish) the world under ``cfg.output``; returns the manifest written to ``_world.json``."""
     t0 = time.perf_counter()
     out = storage.require_writable(cfg.output)
-    current = cfg.output_config()
-    pin_config(out, current, [k for k in current if k != "output"], "world")
+    pin_config(out, cfg, "world")
     todo = pending_shards(cfg, out)
-    manifest_loc = out.child("_world.json")
-    if not todo and storage.exists(manifest_loc):
+    finished = stage.finished(out, MANIFEST)
+    if not todo and finished is not None:  # a marker removed after the manifest: that shard is redone
         log.info("%s is complete: nothing to do", cfg.output)
-        return storage.read_json(manifest_loc)
+        return finished
     log.info("generating %d of %d shards with %d worker(s)", len(todo), cfg.n_shards(), cfg.workers)
     t_gen = time.perf_counter()
     shard_stats = generate(cfg, todo)
     gen_s = time.perf_counter() - t_gen
     n_lines = write_tsv(cfg, out)
     made = sum(s["images"] for s in shard_stats)
-    manifest = {"output": out.uri, "seed": cfg.seed, "config": cfg.output_config(), "workers": cfg.workers,
+    manifest = {"output": out.uri, "seed": cfg.seed, "config": pinned_dict(cfg), "workers": cfg.workers,
                 "spec": asdict(cfg.spec()), "vocabulary": vocabulary(cfg), "counts": {**_totals(out), "tsv_lines": n_lines},
                 "generated_shards": list(todo), "timings": {"generate_s": gen_s, "total_s": time.perf_counter() - t0,
                                                            "images_per_s": made / gen_s if gen_s > 0 else 0.0}}
-    storage.write_json(manifest_loc, manifest)
+    stage.write_manifest(out, manifest, MANIFEST)
     log.info("wrote %d images in %.2fs (%.0f images/s)", made, gen_s, manifest["timings"]["images_per_s"])
     return manifest
 
@@ -292,9 +295,14 @@ def _tar_samples(tar: tarfile.TarFile) -> Iterator[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _main(argv: list[str]) -> int:
     cfg = parse_config(WorldConfig, argv, prog="python -m synthetic world")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manifest = run_world(cfg)
     print(json.dumps({"counts": manifest["counts"], "timings": manifest["timings"]}, indent=2, sort_keys=True))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m synthetic world``: a known error is one line and exit code 2 (cluster.cli)."""
+    return run_cli(_main, argv)

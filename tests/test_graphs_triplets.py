@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from cluster import storage
 from miner import triplets as T
 from miner.graphs import GRAPH_SCHEMA, explode_rows, process_shard
+from miner.mining import split_of
 from miner.readers import CaptionRules, plan_shards
 
 
@@ -22,18 +25,26 @@ def _fake_parse(captions):
         yield {"caption": c, "entities": ents, "relations": rels}
 
 
-def test_process_shard_writes_parquet_then_marker(tmp_path):
+def test_process_shard_writes_parquet_then_marker(tmp_path, monkeypatch):
     src = tmp_path / "in.tsv"
     src.write_text("dog ball\thttp://a\n\thttp://b\ncat\thttp://c\n")
     spec = plan_shards(str(src), "cc3m-tsv", 1 << 20)[0]
     graphs = storage.resolve(str(tmp_path / "graphs"))
+    written = []  # every object write, in order, as it reaches storage
+    real_write = storage.write_bytes_atomic
+
+    def recording_write(loc, data):
+        written.append(os.path.relpath(loc.path, graphs.path))
+        return real_write(loc, data)
+
+    monkeypatch.setattr(storage, "write_bytes_atomic", recording_write)
     stats = process_shard(spec, _fake_parse, graphs, CaptionRules(), report_every=1)
+    assert written == ["part-00000.parquet", "_stats/part-00000.json"]  # the marker commits, so it is last
     assert stats["read"] == 3 and stats["parsed"] == 2 and stats["skipped"] == {"empty_caption": 1}
     marker = tmp_path / "graphs" / "_stats" / "part-00000.json"
     table = pq.read_table(tmp_path / "graphs" / "part-00000.parquet")
     assert json.loads(marker.read_text())["relations"] == 1
     assert table.schema == GRAPH_SCHEMA and table.column("key").to_pylist() == ["000000000000", "000000000002"]
-    assert marker.stat().st_mtime_ns >= (tmp_path / "graphs" / "part-00000.parquet").stat().st_mtime_ns
 
 
 def _graph_table() -> pa.Table:
@@ -83,3 +94,13 @@ def test_chunk_plan_keeps_val_first_and_never_straddles():
                                                    ("train", 700, 1000)]
     assert len({c.name for c in chunks}) == len(chunks)
     assert np.sum([c.hi - c.lo for c in chunks]) == 2000
+
+
+@pytest.mark.parametrize("n", [15, 25, 35, 119, 125, 1000])
+def test_chunk_plan_and_split_of_use_one_rule(n):
+    """The validation shards hold exactly the ids split_of calls validation (floor, not round)."""
+    chunks = T.plan_chunks(("change_object",), n, 0.1, 7)
+    val_ids = np.concatenate([np.zeros(0, int)] + [np.arange(c.lo, c.hi) for c in chunks if c.split == "val"])
+    expected = np.flatnonzero(split_of(np.arange(n), n, 0.1))
+    np.testing.assert_array_equal(val_ids, expected)
+    assert len(val_ids) == n // 10

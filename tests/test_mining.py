@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,16 +9,10 @@ import pytest
 
 from miner.attributes import attribute_type, type_codes
 from miner.concreteness import load_concreteness, score_strings
-from miner.mining import (
-    KIND_IDS,
-    MiningRule,
-    Samples,
-    build_pair_index,
-    sample,
-    split_of,
-    uniform,
-    uniform_int,
-)
+from miner import mining
+from miner.counter_rng import uniform, uniform_int
+from miner.mining import KIND_IDS, MiningRule, Samples, sample, split_of, val_count
+from miner.pair_index import build_pair_index
 
 
 @dataclass(frozen=True)
@@ -213,13 +206,23 @@ def test_concreteness_threshold_is_strict_and_bounded():
     assert not got.ok.any() and (got.draws == 30).all() and (got.ref == -1).all()
 
 
-def test_impossible_concreteness_fails_fast():
+def test_impossible_concreteness_fails_fast(monkeypatch):
+    """When no draw can pass, sample() answers without evaluating a single draw (counted, not timed)."""
+    rounds = []
+    real = mining._accept_rounds
+
+    def counted(*args):
+        rounds.append(args[1].size)  # ids of the chunk
+        return real(*args)
+
+    monkeypatch.setattr(mining, "_accept_rounds", counted)
     t = relation_table()
-    start = time.perf_counter()
-    got = sample("change_object", index_of(t), ids(100_000), 0,
+    got = sample("change_object", index_of(t), ids(1000), 0,
                  subject_score=np.full(6, -1.0), object_score=np.full(6, -1.0))
-    assert time.perf_counter() - start < 5
+    assert rounds == []
     assert not got.ok.any() and (got.draws == MiningRule().max_draws).all()
+    sample("change_object", index_of(t), ids(10), 0)  # the counter does see a possible run
+    assert rounds
 
 
 def test_change_attribute_scores_nouns_only():
@@ -341,6 +344,13 @@ def test_split_first_tenth_is_validation():
     val = split_of(ids(1_600_000), 1_600_000, 0.1)
     assert val.sum() == 160_000 and val[:160_000].all()
     assert split_of(np.array([9, 10, 11]), 100, 0.1).tolist() == [True, False, False]
+
+
+def test_val_count_floors_the_exact_product():
+    # GeneCIS holds out int(n * val_split): floor, never round (15 * 0.1 = 1.5 -> 1; 25 * 0.1 -> 2)
+    assert [val_count(n, 0.1) for n in (9, 10, 15, 19, 25, 120)] == [0, 1, 1, 1, 2, 12]
+    assert val_count(10, 0.3) == 3 and val_count(100, 0.07) == 7  # float products 2.99.. and 7.00..01
+    assert val_count(0, 0.1) == 0 and val_count(7, 0.0) == 0
 
 
 def test_concreteness_table():

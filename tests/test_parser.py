@@ -17,7 +17,8 @@ from miner.parse_eval import (
     parse_gold_graph,
     score,
 )
-from miner.parser import SceneGraphParser, graph_from_doc, load_spacy
+from miner.lexicon import META_NOUNS
+from miner.parser import SceneGraphParser, graph_from_doc, load_spacy, meta_noun_forms
 
 REPO = Path(__file__).resolve().parents[1]
 FACTUAL_DEV = REPO.parent / "shared" / "data" / "factual" / "dev.csv"
@@ -196,6 +197,42 @@ def test_same_name_entities_kept_apart(parser: SceneGraphParser) -> None:
     assert graph["relations"] == [{"subject": 0, "predicate": "park behind", "object": 1}]
 
 
+# -- meta nouns -----------------------------------------------------------------
+def test_meta_nouns_are_dropped_and_what_they_show_stays(parser: SceneGraphParser) -> None:
+    assert parser.parse("a photo of a dog") == {"caption": "a photo of a dog",
+                                                "entities": [{"name": "dog", "attributes": []}], "relations": []}
+    # the meta noun stands for its "of" object: relations hung on it go to what it shows
+    assert triples(parser, "stock photo of a woman sitting on a bench") == {("woman", "sit on", "bench")}
+    assert triples(parser, "black and white photo of a dog") == set()  # the photo's colours go with it
+    assert names(parser.parse("aerial view of a highway amid fields")) == ["highway", "field"]
+    assert triples(parser, "cat in photo") == set() and names(parser.parse("cat in photo")) == ["cat"]
+    assert triples(parser, "photos of dogs in a park") == {("dog", "in", "park")}
+
+
+def test_caption_initial_agent_tagged_npadvmod(parser: SceneGraphParser) -> None:
+    """ "man holding papers": the small model hangs the man on the participle as npadvmod."""
+    assert {("man", "hold", "paper"), ("man", "hold in", "hand")} <= triples(parser, "man holding papers in his hand")
+    assert ("woman", "hold", "kite") in triples(parser, "woman holding kite")
+    assert not any(t[0] == "hand" for t in triples(parser, "hand painted box from the movie"))  # VBN: not an agent
+
+
+def test_meta_nouns_only_as_heads(parser: SceneGraphParser) -> None:
+    assert triples(parser, "a photo frame on a table") == {("photo frame", "on", "table")}
+    assert ("man", "hold", "camera") in triples(parser, "a man holding a camera")
+
+
+def test_meta_noun_dropping_is_switchable(parser: SceneGraphParser) -> None:
+    doc = parser.nlp("a photo of a dog")
+    kept = graph_from_doc(doc)  # no meta nouns given: the graph as FACTUAL annotates it
+    assert names(kept) == ["photo", "dog"] and ("dog", "in", "photo") in graph_triples(kept)
+    assert names(graph_from_doc(doc, meta_noun_forms(["dog"]))) == ["photo"]  # a list of one's own
+    assert graph_from_doc(doc, meta_noun_forms(META_NOUNS)) == parser.parse("a photo of a dog")
+    assert meta_noun_forms(["Photo"]) == {"photo", "photos", "photoes"}
+    with pytest.raises(ValueError, match="one head noun"):
+        meta_noun_forms(["stock photo"])
+    assert {"photo", "picture", "image", "illustration", "view", "vector"} <= META_NOUNS
+
+
 def test_parse_many_preserves_order(parser: SceneGraphParser) -> None:
     captions = ["a cat on a mat", "", "two dogs in a park", "a red car", "bird flying in air"]
     graphs = parser.parse_many(captions)
@@ -241,6 +278,56 @@ def test_parse_cli_contract(tmp_path: Path) -> None:
     assert graphs[1] == {"caption": "", "entities": [], "relations": []}
     assert ("dog", "on", "bed") in graph_triples(graphs[0])
     assert ("boat", "is", "5") in graph_triples(graphs[2])
+
+
+def _miner(*args: str) -> int:
+    from miner.__main__ import main as miner_main
+
+    return miner_main(list(args))
+
+
+def test_parse_cli_checks_everything_before_touching_the_output(tmp_path: Path, capsys) -> None:
+    existing = tmp_path / "existing.jsonl"
+    existing.write_text('{"keep": true}\n')
+    src = tmp_path / "captions.txt"
+    src.write_text("a dog on a bed\n")
+    bad = [("--input", str(tmp_path / "missing.txt"), "--output", str(existing)),
+           ("--input", str(tmp_path), "--output", str(existing)),
+           ("--input", str(src), "--output", str(existing), "--batch-size", "0"),
+           ("--input", str(src), "--output", str(existing), "--batch-size", "-5"),
+           ("--input", str(src), "--output", str(existing), "--batch", "8"),  # no prefix matching
+           ("--input", str(src), "--output", str(existing), "--model", "no_such_model_xyz"),
+           ("--input", str(src), "--output", str(tmp_path))]
+    for args in bad:
+        assert _miner("parse", *args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert existing.read_text() == '{"keep": true}\n', args
+    assert _miner("parse-eval", "--gold", str(tmp_path / "missing.csv")) == 2
+    src.write_text("caption,scene_graph\n")  # a CSV without gold rows
+    assert _miner("parse-eval", "--gold", str(src)) == 2 and "no gold rows" in capsys.readouterr().err
+
+
+@pytest.mark.s3
+@pytest.mark.skipif(not FACTUAL_DEV.exists(), reason="../shared FACTUAL data not available")
+def test_parse_and_parse_eval_take_s3_uris(s3_bucket: str, capsys) -> None:
+    from cluster import storage
+
+    captions = storage.resolve(f"{s3_bucket}/in/captions.txt")
+    storage.write_bytes_atomic(captions, b"a photo of a dog\ncat on a mat\n")
+    storage.write_bytes_atomic(storage.resolve(f"{s3_bucket}/gold.csv"), FACTUAL_DEV.read_bytes())
+    assert _miner("parse", "--input", f"{s3_bucket}/in/captions.txt", "--output", f"{s3_bucket}/out/g.jsonl") == 0
+    lines = storage.read_bytes(storage.resolve(f"{s3_bucket}/out/g.jsonl")).decode().splitlines()
+    assert [names(json.loads(line)) for line in lines] == [["dog"], ["cat", "mat"]]
+    assert _miner("parse", "--input", f"{s3_bucket}/in/captions.txt", "--output", f"{s3_bucket}/out/k.jsonl",
+                  "--drop-meta-nouns", "false") == 0
+    kept = storage.read_bytes(storage.resolve(f"{s3_bucket}/out/k.jsonl")).decode().splitlines()
+    assert names(json.loads(kept[0])) == ["photo", "dog"]
+    assert _miner("parse-eval", "--gold", f"{s3_bucket}/gold.csv", "--limit", "20",
+                  "--output", f"{s3_bucket}/out/metrics.json") == 0
+    assert storage.read_json(storage.resolve(f"{s3_bucket}/out/metrics.json"))["captions"] == 20
+    assert _miner("parse", "--input", f"{s3_bucket}/in/missing.txt", "--output", f"{s3_bucket}/out/g.jsonl") == 2
+    assert "input not found" in capsys.readouterr().err
 
 
 def test_iter_captions_strips_only_line_endings(tmp_path: Path) -> None:

@@ -1,14 +1,19 @@
 """Readers: deterministic shards, every bad-input case a counted skip, formats read alike."""
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-from miner.readers import (BAD_FIELDS, BAD_JSON, BAD_UTF8, EMPTY, NO_LETTERS, NON_ENGLISH, TOO_LONG,
-                           CaptionRules, Record, Skip, plan_shards, read_shard)
+from cluster.storage import StorageError
+from miner.readers import (BAD_FIELDS, BAD_JSON, BAD_UTF8, EMPTY, EXAMPLE_CHARS, NO_LETTERS, NON_ENGLISH,
+                           TOO_LONG, CaptionRules, Record, Skip, SkipCounter, plan_shards, read_shard,
+                           safe_example)
 
 RULES = CaptionRules()
 
@@ -87,5 +92,35 @@ def test_unknown_format_and_empty_directory(tmp_path):
         plan_shards(str(tmp_path), "csv", 10)
     (tmp_path / "notes.md").write_text("x")
     (tmp_path / "other.md").write_text("y")
-    with pytest.raises(Exception, match="no cc3m-tsv files"):
+    with pytest.raises(StorageError, match="no cc3m-tsv files"):
         plan_shards(str(tmp_path), "cc3m-tsv", 10)
+
+
+def _printable(text: str) -> bool:
+    return text.isprintable() and "\x1b" not in text
+
+
+def test_skip_examples_of_binary_input_are_short_and_printable(tmp_path):
+    """A JPEG given as a caption file: every line is a counted skip whose example never echoes raw bytes."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    jpeg = tmp_path / "photo.jpg"
+    jpeg.write_bytes(buf.getvalue() + b"\n\x1b[2J\x07bell\tand\tescape\n")
+    items = _all(plan_shards(str(jpeg), "cc3m-tsv", 1 << 20))
+    assert items and all(isinstance(i, Skip) for i in items)
+    assert {i.reason for i in items} <= {BAD_UTF8, BAD_FIELDS, EMPTY}
+    counter = SkipCounter()
+    for item in items:
+        assert _printable(item.example) and len(item.example) <= 4 * EXAMPLE_CHARS + 20, repr(item.example)
+        counter.add(item, str(jpeg))
+    assert all(_printable(e) for ex in counter.examples.values() for e in ex)
+    escaped = items[-1]  # valid UTF-8 with terminal control characters
+    assert escaped.reason == BAD_FIELDS and "\\x1b[2J\\x07bell\\tand" in escaped.example
+
+
+def test_safe_example_truncates_and_escapes():
+    assert safe_example("plain caption") == "plain caption"
+    assert safe_example("x" * 200, limit=10) == "x" * 10 + "..."
+    assert safe_example(b"caf\xe9\x00\n") == "caf\\xe9\\x00\\n"
+    assert safe_example("tab\there") == "tab\\there"

@@ -1,15 +1,17 @@
 """Storage URIs (local and a real S3 server), the typed config CLI and the progress line."""
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import pytest
 
 from cluster import storage
-from cluster.config import config_to_dict, parse_config
+from cluster.config import ConfigError, config_to_dict, parse_config
 from cluster.progress import Progress
 from miner.config import KINDS, MinerConfig
 
@@ -19,8 +21,7 @@ def test_local_roundtrip_and_listing(tmp_path):
     storage.write_json(root.child("a", "x.json"), {"v": 1})
     storage.write_bytes_atomic(root.child("b.bin"), b"abc")
     assert storage.read_json(root.child("a", "x.json")) == {"v": 1}
-    assert [os.path.basename(l.path) for l in storage.list_files(root)] == ["x.json", "b.bin"] or \
-        sorted(os.path.basename(l.path) for l in storage.list_files(root)) == ["b.bin", "x.json"]
+    assert [os.path.relpath(l.path, root.path) for l in storage.list_files(root)] == ["a/x.json", "b.bin"]
     assert not [p for p in os.listdir(root.path) if ".tmp-" in p]  # atomic writes leave no temp files
 
 
@@ -34,10 +35,43 @@ def test_unsupported_scheme():
         storage.resolve("gs://bucket/x")
 
 
+class _RecordingS3(http.server.BaseHTTPRequestHandler):
+    """Answers every request 404 and records (method, path, Host, Authorization) of each."""
+
+    seen: list[tuple[str, str, str, str]] = []
+
+    def _answer(self) -> None:
+        self.seen.append((self.command, self.path, self.headers.get("Host", ""),
+                          self.headers.get("Authorization", "")))
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET = _answer
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+
 def test_s3_filesystem_from_env_is_path_style():
-    fs = storage.s3_filesystem_from_env({"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:1234", "AWS_REGION": "eu-west-1",
-                                         "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
-    assert fs.region == "eu-west-1"
+    """The bucket goes in the request path, not the host name (radosgw/MinIO need path-style), and the
+    endpoint, region and keys come from the standard variables: observed on the requests themselves."""
+    _RecordingS3.seen.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://localhost:{server.server_port}"  # a host name: the SDK would go path-style for an IP
+        fs = storage.s3_filesystem_from_env({"AWS_ENDPOINT_URL_S3": endpoint, "AWS_REGION": "eu-west-1",
+                                             "AWS_ACCESS_KEY_ID": "akid-test", "AWS_SECRET_ACCESS_KEY": "b"})
+        assert fs.region == "eu-west-1"
+        fs.get_file_info("some-bucket/some/key.json")  # a 404: simply "not found"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _RecordingS3.seen, "no request reached the endpoint"
+    method, path, host, auth = _RecordingS3.seen[0]
+    assert path.startswith("/some-bucket/some/key.json") and host == f"localhost:{server.server_port}"
+    assert "Credential=akid-test/" in auth and "/eu-west-1/s3/" in auth
 
 
 @pytest.mark.s3
@@ -49,12 +83,21 @@ def test_s3_roundtrip(s3_bucket):
 
 
 @pytest.mark.s3
-def test_s3_missing_bucket_and_bad_secret_are_clear_errors(services, monkeypatch):
-    with pytest.raises(storage.StorageError, match="not writable"):
+def test_s3_missing_bucket_is_a_clear_error(services):
+    with pytest.raises(storage.StorageError, match="not writable: s3://no-such-bucket-xyz/out"):
         storage.require_writable("s3://no-such-bucket-xyz/out")
+
+
+@pytest.mark.s3
+def test_s3_bad_secret_is_a_clear_error(s3_bucket, monkeypatch):
+    """Against a bucket that exists, so only the secret can be what fails."""
+    storage.require_writable(f"{s3_bucket}/out")  # the right secret writes here
+    storage.write_json(storage.resolve(f"{s3_bucket}/in.json"), {"ok": True})
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    with pytest.raises(storage.StorageError):
-        storage.require_writable("s3://no-such-bucket-xyz/out")
+    with pytest.raises(storage.StorageError, match=f"not writable: {s3_bucket}/out"):
+        storage.require_writable(f"{s3_bucket}/out")
+    with pytest.raises(storage.StorageError, match=f"{s3_bucket}/in.json"):
+        storage.require_input(f"{s3_bucket}/in.json")
 
 
 def test_unreachable_endpoint_fails_before_work(monkeypatch):
@@ -78,8 +121,9 @@ def test_config_cli_roundtrip():
     cfg = parse_config(_Cfg, ["--input", "x", "--n", "7", "--kinds", "b", "--flag", "false", "--ratio", "0.5"])
     assert cfg == _Cfg(input="x", n=7, kinds=("b",), ratio=0.5, flag=False)
     assert config_to_dict(cfg)["kinds"] == ["b"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--input"):
         parse_config(_Cfg, ["--n", "1"])  # --input is required
+    assert parse_config(_Cfg, ["--input", "x", "--flag"]).flag is True  # a bare boolean flag means true
 
 
 def test_miner_config_defaults_follow_genecis():

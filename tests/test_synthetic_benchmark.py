@@ -11,8 +11,10 @@ from PIL import Image
 
 from evaluator.genecis_data import (AnnotationError, BenchmarkLayout, Item, crop_instance, dilated_box,
                                     expand2square, item_uri, load_item_image, load_templates, parse_templates)
+from evaluator.tasks import GALLERY_SIZE, TASKS
 from synthetic import benchmark as bm
-from synthetic.oracles import GALLERY_SIZE, TASKS, TemplateError, check_template, is_valid
+from synthetic import templates as tp
+from synthetic.oracles import TemplateError, check_template, is_valid
 from synthetic.scene import STREAM_SCENE, sample_scene
 from synthetic.world import WorldConfig
 
@@ -146,7 +148,7 @@ def test_gallery_sizes_and_conditions(tiny):
         assert len(templates) == TINY
         assert {len(t.gallery) + 1 for t in templates} == {GALLERY_SIZE[task]}
         for t, gt in zip(templates, _gt(root, task)):
-            assert t.condition == gt["condition"]
+            assert t.condition == tp.condition_text(gt["condition"])  # the captions' word for the GT value
             ids = [gt["target"]["image_id"]] + [g["image_id"] for g in gt["gallery"]]
             assert [str(c.image_id) for c in t.candidates] == [str(i) for i in ids]
     focus = _gt(root, "focus_attribute")
@@ -197,7 +199,7 @@ def test_cli_is_idempotent_and_refuses_another_benchmark(tmp_path, capsys):
     first = (tmp_path / "cli" / "_benchmark.json").read_bytes()
     assert bm.main(args) == 0 and (tmp_path / "cli" / "_benchmark.json").read_bytes() == first
     assert bm.main(args + ["--seed", "5"]) == 2
-    assert "different config {'seed': (0, 5)}" in capsys.readouterr().err
+    assert "different config (--seed 0 -> 5)" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------- loader
@@ -271,9 +273,9 @@ def test_benchmark_images_do_not_reuse_training_ids_or_streams(tiny):
     from synthetic.render import STREAM_TEXTURE
 
     root = tiny[0]
-    assert STREAM_SCENE not in bm.STREAM_BENCH.values() and STREAM_TEXTURE not in bm.STREAM_BENCH.values()
-    ids = [it["image_id"] for task in TASKS for t in _gt(root, task) for it in bm.template_items(t)]
-    assert len(set(ids)) == len(ids) and min(ids) >= bm.BENCH_ID_BASE
+    assert STREAM_SCENE not in tp.STREAM_BENCH.values() and STREAM_TEXTURE not in tp.STREAM_BENCH.values()
+    ids = [it["image_id"] for task in TASKS for t in _gt(root, task) for it in tp.template_items(t)]
+    assert len(set(ids)) == len(ids) and min(ids) >= tp.BENCH_ID_BASE
     names = [p.stem for p in (root / "vg" / "VG_100K_all").glob("*.jpg")]
     names += [p.stem for p in (root / "coco" / "val2017").glob("*.jpg")]
     assert sorted(int(n) for n in names) == sorted(ids)
@@ -281,14 +283,15 @@ def test_benchmark_images_do_not_reuse_training_ids_or_streams(tiny):
 
 def test_avoid_world_scenes_redraws_colliding_templates(tmp_path):
     cfg = _cfg(tmp_path / "x", attribute_context=0)
-    first = bm.build_template("focus_attribute", cfg, 0)
+    first = tp.build_template("focus_attribute", cfg.template_spec(), 0)
     assert first["attempt"] == 0
-    avoid = frozenset({bm.scene_key(first["reference"]["scene"])})
-    redrawn = bm.build_template("focus_attribute", cfg, 0, avoid)
+    avoid = frozenset({tp.scene_key(first["reference"]["scene"])})
+    redrawn = tp.build_template("focus_attribute", cfg.template_spec(), 0, avoid)
     assert redrawn["attempt"] >= 1
-    assert not any(bm.scene_key(it["scene"]) in avoid for it in bm.template_items(redrawn))
-    world = bm.world_scene_keys(bm.BenchmarkConfig(output=str(tmp_path), avoid_world_scenes=50))
+    assert not any(tp.scene_key(it["scene"]) in avoid for it in tp.template_items(redrawn))
+    bench = bm.BenchmarkConfig(output=str(tmp_path), avoid_world_scenes=50)
+    world = tp.world_scene_keys(bench.spec(), bench.world_seed, bench.avoid_world_scenes)
     world_spec = WorldConfig(output=str(tmp_path / "w")).spec()  # the training world's own scenes
-    assert world == {bm.scene_key(sample_scene(0, i, world_spec)) for i in range(50)}
+    assert world == {tp.scene_key(sample_scene(0, i, world_spec)) for i in range(50)}
     assert any(len({o.shape for o in sample_scene(0, i, world_spec).objects}) <
                len(sample_scene(0, i, world_spec).objects) for i in range(50))  # repeats included

@@ -15,11 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from miner.parser import NUMBER_WORDS, SceneGraphParser
+from miner.lexicon import NUMBER_WORDS
+from miner.parser import SceneGraphParser
 from miner.readers import CaptionRules, Record, plan_shards, read_shard
 from synthetic import captions as cap
 from synthetic.render import encode_jpeg, pattern_mask, render_array, render_scene, shape_mask
-from synthetic.scene import COLOURS, RELATIONS, SHAPES, Obj, Scene, WorldSpec, cell_box, sample_scene, with_objects
+from synthetic.scene import RELATIONS, SHAPES, Obj, Scene, WorldSpec, cell_box, sample_scene, with_objects
 from synthetic.world import ConfigMismatch, WorldConfig, iter_webdataset, load_image, run_world
 
 SEED = 11

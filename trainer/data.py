@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import posixpath
 import tarfile
-from collections import Counter
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -149,10 +148,15 @@ def image_key(key: str | None, url: str | None, index: ImageIndex) -> str | None
 
 
 # ---------------------------------------------------------------------------------------------- rows
+def parquet_files(uri: str) -> list[storage.Location]:
+    """Every ``*.parquet`` under a folder (recursive; underscore folders such as ``_stats`` excluded)."""
+    root = storage.require_input(uri)
+    return [f for f in storage.list_files(root, ".parquet") if "/_" not in f.path[len(root.path):]]
+
+
 def read_parquet_folder(uri: str, columns: list[str]) -> pa.Table:
-    """Every ``*.parquet`` under a folder (recursive, hidden/underscore folders excluded), ``columns`` only."""
-    files = [f for f in storage.list_files(storage.require_input(uri), ".parquet")
-             if "/_" not in f.path[len(storage.resolve(uri).path):]]
+    """Every ``*.parquet`` under a folder (see :func:`parquet_files`), ``columns`` only."""
+    files = parquet_files(uri)
     if not files:
         raise DataError(f"no Parquet files under {uri}")
     tables = []
@@ -213,49 +217,15 @@ def _seeded_transform(transform: Callable, seed: int, position: int, which: int)
     return run
 
 
-class RunState:
-    """Skip counts of a run and the data position its current attempt resumed from (a Ray actor in a run;
-    a plain object in tests).  Decoders drop rows before ``min_position`` without decoding them."""
-
-    def __init__(self):
-        self.attempted = 0
-        self.skipped: Counter = Counter()
-        self.position = 0
-
-    def add(self, attempted: int, skipped: dict[str, int]) -> None:
-        self.attempted += attempted
-        self.skipped.update(skipped)
-
-    def totals(self) -> dict[str, Any]:
-        return {"attempted": self.attempted, "skipped": dict(self.skipped)}
-
-    def set_min_position(self, position: int) -> None:
-        self.position = int(position)
-
-    def min_position(self) -> int:
-        return self.position
-
-
-def _call(counter, method: str, *args):
-    fn = getattr(counter, method)
-    if hasattr(fn, "remote"):
-        import ray
-
-        return ray.get(fn.remote(*args))
-    return fn(*args)
-
-
-def _min_position(counter) -> int:
-    return 0 if counter is None else int(_call(counter, "min_position"))
-
-
-def _report(counter, attempted: int, skipped: Counter) -> None:
-    if counter is None:
+def _report(counter, positions: np.ndarray, skipped: dict[int, str]) -> None:
+    """Tell the run state how far decoding got and which rows it skipped (fire and forget)."""
+    if counter is None or len(positions) == 0:
         return
+    furthest = int(np.max(positions))
     if hasattr(counter.add, "remote"):
-        counter.add.remote(attempted, dict(skipped))  # fire and forget
+        counter.add.remote(furthest, skipped)
     else:
-        counter.add(attempted, dict(skipped))
+        counter.add(furthest, skipped)
 
 
 class _Decoder:
@@ -286,7 +256,8 @@ class _Decoder:
 
 class DecodeTriplets(_Decoder):
     """Planned triplet rows (``position, ref, target, distractor, condition``: resolved image keys) →
-    ``ref, text, target[, distractor, distractor_valid], position``; bad rows dropped and counted."""
+    ``ref, text, target[, distractor, distractor_valid], position``; bad rows dropped and counted.
+    A distractor that is missing or is the target image gets ``distractor_valid`` False (never a negative)."""
 
     def __init__(self, index_uri: str, transform: Callable, tokenizer: Callable, seed: int,
                  image_size: int, context_length: int, with_distractor: bool = False, counter=None):
@@ -296,24 +267,19 @@ class DecodeTriplets(_Decoder):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {"ref": [], "target": [], "distractor": [], "condition": [], "position": [],
                                 "distractor_valid": []}
-        skipped: Counter = Counter()
-        start = _min_position(self.counter)
-        attempted = 0
+        skipped: dict[int, str] = {}
         for i, pos in enumerate(batch["position"]):
             pos = int(pos)
-            if pos < start:
-                continue  # consumed before the checkpoint this attempt resumed from
-            attempted += 1
             ref, tgt, dis = batch["ref"][i], batch["target"][i], batch["distractor"][i]
             if not ref or not tgt:
-                skipped["missing_image"] += 1
+                skipped[pos] = "missing_image"
                 continue
             try:
                 images = [self._image(ref, pos, 0), self._image(tgt, pos, 1)]
                 if self.with_distractor:
                     images.append(self._image(dis, pos, 2) if dis else torch.zeros_like(images[1]))
             except ValueError:
-                skipped["corrupt_image"] += 1
+                skipped[pos] = "corrupt_image"
                 continue
             out["ref"].append(images[0])
             out["target"].append(images[1])
@@ -322,7 +288,7 @@ class DecodeTriplets(_Decoder):
                 out["distractor_valid"].append(bool(dis) and dis != tgt)
             out["condition"].append(str(batch["condition"][i]))
             out["position"].append(pos)
-        _report(self.counter, attempted, skipped)
+        _report(self.counter, batch["position"], skipped)
         return self._stack(out)
 
     def _stack(self, out: dict[str, list]) -> dict[str, np.ndarray]:
@@ -343,25 +309,20 @@ class DecodeCaptions(_Decoder):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, captions, positions = [], [], []
-        skipped: Counter = Counter()
-        start = _min_position(self.counter)
-        attempted = 0
+        skipped: dict[int, str] = {}
         for i, pos in enumerate(batch["position"]):
-            if int(pos) < start:
-                continue
-            attempted += 1
             key = batch["key"][i]
             if not key:
-                skipped["missing_image"] += 1
+                skipped[int(pos)] = "missing_image"
                 continue
             try:
                 images.append(self._image(key, int(pos), 0))
             except ValueError:
-                skipped["corrupt_image"] += 1
+                skipped[int(pos)] = "corrupt_image"
                 continue
             captions.append(str(batch["caption"][i]))
             positions.append(int(pos))
-        _report(self.counter, attempted, skipped)
+        _report(self.counter, batch["position"], skipped)
         return {"images": self.images(images),
                 "tokens": self.tokens(captions),
                 "position": np.asarray(positions, np.int64)}

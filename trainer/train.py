@@ -1,73 +1,102 @@
-"""Ray launcher of the trainer: ``python -m trainer clip|combiner ...``.
+"""Ray launcher of the trainer: ``python -m trainer clip|combiner ...`` (see trainer/__main__.py).
 
-The driver (1) pins the config beside the run, (2) stops at once when the run's latest checkpoint is
-already at ``--max-steps``, (3) builds the key → (tar, offset, size) image index once (one Ray task per
-tar; kept at ``{run}/data/image_index.parquet``), (4) resolves the training rows to image keys (missing
-images are counted skips; too many fail before any training) and plans the row order from the latest
-checkpoint's data position, (5) streams decode + preprocess through Ray Data ``map_batches`` into a
-``TorchTrainer`` (``datasets=``), and (6) writes ``{run}/summary.json``.
+The driver
+
+1. checks what it can before writing anything (the output is writable, the rows' Parquet, the tars and
+   the ``--backbone`` checkpoint exist), then pins the config beside the run with the identity of those
+   inputs (``cluster.config.pin_config``: a resume with another output-defining flag, or with inputs
+   changed in place, is refused);
+2. stops at once when the run's latest checkpoint is already at ``--max-steps`` (a finished run trains
+   nothing);
+3. builds the key → (tar, offset, size) image index once (one Ray task per tar; kept at
+   ``{run}/data/image_index.parquet``) and resolves the training rows to image keys (a missing image is a
+   counted skip; too many fail the run before any training);
+4. with ``--finetune frozen`` (and the feature cache on) encodes each distinct image and condition once in
+   a Ray Data stage into ``{run}/data/features/`` (reused by a resume; :mod:`trainer.features`);
+5. streams the rows — planned from the latest checkpoint's data position each time a worker group
+   starts (:class:`RunDataset`), decoded and preprocessed or looked up in the feature cache — through
+   Ray Data ``map_batches`` into a ``TorchTrainer`` (``datasets=``), and
+6. writes ``{run}/summary.json``.
 """
 from __future__ import annotations
 
-import logging
+import functools
 import os
-import socket
-import sys
 import time
+from collections import Counter
 from typing import Any
 
 from cluster import storage
-from cluster.config import ConfigMismatch, config_to_dict, parse_config, pin_config
+from cluster.config import config_to_dict, pin_config
 from trainer import checkpoint as ckpt
 from trainer import data
-from trainer.config import RUNTIME_FIELDS, ClipConfig, CombinerConfig, TrainConfig
+from trainer.config import ClipConfig, CombinerConfig, TrainConfig
+from trainer.runstate import RunState
 
 QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
              "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 MODES = {"clip": ClipConfig, "combiner": CombinerConfig}
+FEATURES_DIR = ("data", "features")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def init_ray(extra_env: dict[str, str] | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` (or start a private local instance with a pinned dashboard port),
-    giving workers the S3 variables and quiet Train/Data logs."""
-    import ray
-
-    try:
-        from cluster import rayutil  # shared plumbing, when present
-    except ImportError:
-        rayutil = None
-    env = {**QUIET_ENV, **(extra_env or {})}
-    os.environ.update(QUIET_ENV)
-    if rayutil is not None and hasattr(rayutil, "init_ray"):
-        rayutil.init_ray(extra_env=env)
-    elif not ray.is_initialized():
-        runtime_env = {"env_vars": {**storage.worker_env(), **env}}
-        if os.environ.get("RAY_ADDRESS"):
-            # Train's placement-group cleaner must find this instance, not another one on the machine
-            runtime_env["env_vars"]["RAY_ADDRESS"] = os.environ["RAY_ADDRESS"]
-            ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, logging_level=logging.WARNING)
-        else:
-            port = _free_port()
-            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-            ray.init(runtime_env=runtime_env, logging_level=logging.WARNING, include_dashboard=False,
-                     dashboard_host="127.0.0.1", dashboard_port=port)
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+class TrainingFailed(RuntimeError):
+    """The run failed after its allowed restarts (the message names the worker's error)."""
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def init_ray() -> None:
+    """Join ``RAY_ADDRESS`` or start a private instance (cluster.rayutil), with quiet Train/Data logs."""
+    from cluster.rayutil import init_ray as join
+
+    os.environ.update(QUIET_ENV)  # the driver's own Train controller reads them too
+    join(extra_env=QUIET_ENV)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def row_files(cfg: TrainConfig, mode: str) -> list[storage.Location]:
+    """The Parquet files holding the training rows (captions or triplets)."""
+    root = data.caption_root(cfg.captions) if mode == "clip" else cfg.triplets
+    files = data.parquet_files(root)
+    if not files:
+        raise data.DataError(f"no Parquet files under {root}")
+    return files
+
+
+def backbone_checkpoint(cfg: TrainConfig, mode: str) -> str | None:
+    """The concrete checkpoint a combiner run starts from (``--backbone``'s latest), or None."""
+    if mode != "combiner" or not cfg.backbone:
+        return None
+    found = ckpt.latest_checkpoint(storage.require_input(cfg.backbone).uri)
+    if found is None:
+        raise ckpt.CheckpointError(f"--backbone {cfg.backbone} holds no complete checkpoint")
+    return found
+
+
+def check_inputs(cfg: TrainConfig, mode: str) -> tuple[dict[str, Any], str | None]:
+    """Everything checkable before the run writes: returns the inputs' identity (pinned with the
+    config) and the backbone checkpoint."""
+    tars = data.find_tars(cfg.image_root())
+    inputs = {"rows": storage.identity(row_files(cfg, mode)),
+              "images": storage.identity([storage.resolve(t) for t in tars])}
+    backbone = backbone_checkpoint(cfg, mode)
+    if backbone is not None:
+        inputs["backbone"] = {"checkpoint": backbone, "step": int(ckpt.read_info(backbone)["step"])}
+    return inputs, backbone
+
+
+def resume_point(run_uri: str) -> tuple[int, int]:
+    """(step, data position) of the run's latest checkpoint; (0, 0) for a new run."""
+    found = ckpt.latest_checkpoint(run_uri)
+    if found is None:
+        return 0, 0
+    info = ckpt.read_info(found)
+    return int(info["step"]), int(info.get("data_position", info["samples_seen"]))
+
+
+# -------------------------------------------------------------------------------------- data plan
 def image_index(images_uri: str, run: storage.Location) -> str:
     """The run's key → (tar, offset, size) index, built once (one Ray task per tar)."""
     import ray
@@ -85,16 +114,7 @@ def image_index(images_uri: str, run: storage.Location) -> str:
     return uri
 
 
-def resume_point(run_uri: str) -> tuple[int, int]:
-    """(step, data position) of the run's latest checkpoint; (0, 0) for a new run."""
-    found = ckpt.latest_checkpoint(run_uri)
-    if found is None:
-        return 0, 0
-    info = ckpt.read_info(found)
-    return int(info["step"]), int(info.get("data_position", info["samples_seen"]))
-
-
-def training_rows(cfg: TrainConfig, mode: str, index_uri: str) -> tuple[Any, int]:
+def training_rows(cfg: TrainConfig, mode: str, index_uri: str):
     """Resolved rows (image keys) and how many were dropped as missing images."""
     index = data.ImageIndex.load(index_uri)
     if mode == "clip":
@@ -104,82 +124,238 @@ def training_rows(cfg: TrainConfig, mode: str, index_uri: str) -> tuple[Any, int
     else:
         table = data.read_parquet_folder(cfg.triplets, list(data.TRIPLET_COLUMNS))
         rows, dropped = data.drop_missing(data.resolve_triplets(table, index), ("ref", "target"))
-    total = rows.num_rows + dropped
-    if total == 0:
+    if rows.num_rows + dropped == 0:
         raise data.DataError("no training rows")
-    if dropped / total > cfg.max_skip_fraction:
-        raise data.DataError(f"{dropped} of {total} rows name images missing from the tars "
-                             f"({dropped / total:.1%} > --max-skip-fraction {cfg.max_skip_fraction})")
     return rows, dropped
+
+
+def check_skips(cfg: TrainConfig, skips: Counter, total: int) -> None:
+    """Fail before training when the rows already known to be unusable exceed --max-skip-fraction."""
+    bad = sum(skips.values())
+    if total == 0 or bad / total > cfg.max_skip_fraction:
+        raise data.DataError(f"{bad} of {total} rows are unusable {dict(skips)} "
+                             f"({bad / max(total, 1):.1%} > --max-skip-fraction {cfg.max_skip_fraction})")
 
 
 def _has_url(root: str) -> bool:
     import pyarrow.parquet as pq
 
-    first = storage.list_files(storage.resolve(root), ".parquet")[0]
+    first = data.parquet_files(root)[0]
     with first.fs.open_input_file(first.path) as src:
         return "url" in pq.read_schema(src).names
 
 
-def build_dataset(cfg: TrainConfig, mode: str, rows, index_uri: str, position: int, step: int, state):
-    """The planned rows from ``position``, decoded and preprocessed by an actor pool (Ray Data)."""
-    import pyarrow as pa
+def backbone_loader(cfg: TrainConfig, checkpoint: str | None):
+    """A picklable zero-argument loader of the run's starting backbone (for actors and workers)."""
+    from trainer.model import load_backbone
+
+    if checkpoint is not None:
+        return functools.partial(_trained_backbone, checkpoint)
+    return functools.partial(load_backbone, cfg.model, cfg.pretrained, cfg.seed)
+
+
+def _trained_backbone(checkpoint: str):
+    return ckpt.load_trained(checkpoint).backbone
+
+
+# ------------------------------------------------------------------------------------ feature cache
+def feature_cache(cfg: CombinerConfig, rows, index_uri: str, run: storage.Location,
+                  backbone: str | None) -> tuple[str, dict]:
+    """Encode each distinct image and condition of ``rows`` once (Ray Data actors holding the frozen
+    backbone), unless the run's cache is complete already.  Returns its URI and its manifest."""
     import ray
 
-    from trainer.model import load_backbone, register_config
+    import torch
 
-    remaining = (cfg.max_steps - step) * cfg.batch_size
-    count = int(remaining * (1 + cfg.max_skip_fraction)) + cfg.batch_size
-    plan = data.plan_rows(rows.num_rows, position, count, cfg.seed)
-    table = pa.concat_tables(list(data.iter_planned(rows, plan, position, 1 << 16)))
-    ds = ray.data.from_arrow(table)
-    if mode == "combiner" and cfg.backbone:
-        info = ckpt.read_info(ckpt.latest_checkpoint(cfg.backbone))
-        register_config(info["model"], info["model_cfg"])
-        name = info["model"]
-    else:
-        name = cfg.model
-    bb = load_backbone(name, None)  # transforms and tokenizer only
+    from cluster.stage import finished, write_manifest
+    from trainer import features
+    from trainer.model import model_config
+    from trainer.optim import autocast_dtype
+
+    out = run.child(*FEATURES_DIR)
+    done = finished(out)
+    if done is not None:
+        _say(f"[trainer combiner] feature cache {out.uri}: reusing {done['images']:,} images and "
+             f"{done['texts']:,} conditions")
+        return out.uri, done
+    storage.delete_tree(out)  # a cache without its manifest was cut short: encode again
+    items = features.distinct_items(rows, cfg.distractor_negatives)
+    n = max(1, -(-items.num_rows // cfg.data_batch))
+    blocks = [items.slice(i * cfg.data_batch, cfg.data_batch) for i in range(n)]
+    t0 = time.monotonic()
+    device = "cuda" if cfg.use_gpu else "cpu"
+    ds = ray.data.from_arrow(blocks).map_batches(
+        features.EncodeItems, batch_format="pyarrow", batch_size=cfg.data_batch,
+        fn_constructor_kwargs={"load": backbone_loader(cfg, backbone), "index_uri": index_uri,
+                               "device": device, "dtype": autocast_dtype(cfg.precision, torch.device(device))},
+        compute=ray.data.ActorPoolStrategy(size=cfg.data_concurrency), num_cpus=cfg.data_cpus,
+        num_gpus=1 if cfg.use_gpu else 0)
+    ds.write_parquet(out.path, filesystem=out.fs)
+    failed = features.failed_items(out.uri)
+    n_images = sum(1 for k in items["kind"].to_pylist() if k == "image")
+    dim = int(ckpt.read_info(backbone)["embed_dim"] if backbone else model_config(cfg.model)["embed_dim"])
+    manifest = {"images": n_images - len(failed), "texts": items.num_rows - n_images, "dim": dim,
+                "failed": dict(Counter(failed.values())), "backbone": backbone or
+                {"model": cfg.model, "pretrained": cfg.pretrained, "seed": cfg.seed},
+                "transform": "eval", "encode_s": round(time.monotonic() - t0, 1)}
+    write_manifest(out, manifest)
+    _say(f"[trainer combiner] encoded {manifest['images']:,} images and {manifest['texts']:,} conditions once "
+         f"({manifest['failed'] or 'none failed'}) in {manifest['encode_s']}s into {out.uri}")
+    return out.uri, manifest
+
+
+def drop_failed(rows, failed: dict[str, str], roles: tuple[str, ...]):
+    """Rows none of whose ``roles`` images failed to encode, and the dropped count by reason."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not failed:
+        return rows, Counter()
+    keys = pa.array(sorted(failed))
+    bad = None
+    for role in roles:
+        hit = pc.is_in(rows[role], value_set=keys)
+        bad = hit if bad is None else pc.or_(bad, hit)
+    reasons = Counter()
+    for i in pc.indices_nonzero(bad).to_pylist():
+        first = next(rows[r][i].as_py() for r in roles if rows[r][i].as_py() in failed)
+        reasons[failed[first]] += 1
+    return rows.filter(pc.invert(bad)), reasons
+
+
+# ------------------------------------------------------------------------------------------ dataset
+def _model_name(cfg: TrainConfig, backbone: str | None) -> str:
+    from trainer.model import register_config
+
+    if backbone is None:
+        return cfg.model
+    info = ckpt.read_info(backbone)
+    register_config(info["model"], info["model_cfg"])
+    return info["model"]
+
+
+def decoder(cfg: TrainConfig, mode: str, index_uri: str, state, backbone: str | None,
+            features: tuple[str, int] | None = None) -> tuple[type, dict[str, Any]]:
+    """The Ray Data actor class that turns planned rows into model inputs, and its constructor kwargs:
+    image decoding + preprocessing (+ tokenising), or a lookup in the feature cache."""
+    from trainer.model import load_backbone
+
+    if features is not None:
+        from trainer.features import LookupFeatures
+
+        return LookupFeatures, dict(features_uri=features[0], dim=features[1],
+                                    with_distractor=cfg.distractor_negatives, counter=state)
+    bb = load_backbone(_model_name(cfg, backbone), None)  # transforms and tokenizer only
     kwargs = dict(index_uri=index_uri, transform=bb.preprocess_train, tokenizer=bb.tokenizer, seed=cfg.seed,
                   image_size=bb.image_size, context_length=bb.context_length, counter=state)
     if mode == "clip":
-        udf = data.DecodeCaptions
-    else:
-        udf, kwargs["with_distractor"] = data.DecodeTriplets, cfg.distractor_negatives
-    return ds.map_batches(udf, fn_constructor_kwargs=kwargs, batch_size=cfg.data_batch,
-                          compute=ray.data.ActorPoolStrategy(size=cfg.data_concurrency), num_cpus=cfg.data_cpus,
-                          batch_format="numpy")
+        return data.DecodeCaptions, kwargs
+    return data.DecodeTriplets, {**kwargs, "with_distractor": cfg.distractor_negatives}
 
 
+class RunDataset:
+    """A run's training data as Ray Train asks for it each time a worker group starts (``datasets=`` takes
+    this callable): the rows planned from the run's latest checkpoint, mapped by an actor pool.
+
+    Planning at each start (not once in the driver) means a worker group that replaces a failed one
+    reads from the checkpoint it resumes from, so nothing consumed before it is decoded again.  Blocks
+    and map batches hold one worker's share of a step (``batch_size / num_workers`` rows) and the
+    dataset keeps its order, so Ray Data's split hands block ``s·N + r`` to rank ``r`` and each global
+    step consumes the next ``batch_size`` plan positions (up to skipped rows)."""
+
+    def __init__(self, cfg: TrainConfig, rows, run_uri: str, state, udf: type, udf_kwargs: dict[str, Any]):
+        import ray
+
+        self.cfg, self.run_uri, self.state = cfg, run_uri, state
+        self.rows = ray.put(rows)
+        self.udf, self.udf_kwargs = udf, udf_kwargs
+
+    def plan(self, rows, step: int, position: int):
+        import pyarrow as pa
+
+        cfg = self.cfg
+        remaining = (cfg.max_steps - step) * cfg.batch_size
+        count = int(remaining * (1 + cfg.max_skip_fraction)) + cfg.batch_size
+        plan = data.plan_rows(rows.num_rows, position, count, cfg.seed)
+        return pa.concat_tables(list(data.iter_planned(rows, plan, position, 1 << 16)))
+
+    def __call__(self):
+        import ray
+
+        step, position = resume_point(self.run_uri)
+        ray.get(self.state.plan.remote(step, position))
+        table = self.plan(ray.get(self.rows), step, position)
+        per_rank = self.cfg.batch_size // self.cfg.num_workers
+        blocks = [table.slice(i, per_rank) for i in range(0, table.num_rows, per_rank)]
+        return ray.data.from_arrow(blocks).map_batches(
+            self.udf, fn_constructor_kwargs=self.udf_kwargs, batch_size=per_rank, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.cfg.data_concurrency), num_cpus=self.cfg.data_cpus)
+
+
+# ---------------------------------------------------------------------------------------------- run
 def run(cfg: TrainConfig, mode: str) -> dict[str, Any]:
     """Train (or resume, or do nothing for a finished run); returns the summary."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from trainer.loop import train_loop
-
-    cfg.validate()
     run_loc = storage.require_writable(storage.join_uri(cfg.storage_path, cfg.name))
-    current = {"mode": mode, **config_to_dict(cfg)}
-    pin_config(run_loc, current, [k for k in current if k not in RUNTIME_FIELDS], what=f"trainer {mode} run")
+    inputs, backbone = check_inputs(cfg, mode)
+    pin_config(run_loc, cfg, f"trainer {mode} run", inputs=inputs)
     step, position = resume_point(run_loc.uri)
     if step >= cfg.max_steps:
         _say(f"[trainer {mode}] {run_loc.uri} is finished (step {step} of {cfg.max_steps}); nothing to train")
         return {"step": step, "trained_steps": 0, "finished": True}
     t0 = time.monotonic()
     init_ray()
-    images = cfg.images or cfg.captions if mode == "clip" else cfg.images
-    index_uri = image_index(images, run_loc)
+    import ray
+
+    index_uri = image_index(cfg.image_root(), run_loc)
+    rows, skips, total, features = prepare_rows(cfg, mode, index_uri, run_loc, backbone)
+    state = ray.remote(num_cpus=0)(RunState).remote(position)
+    udf, udf_kwargs = decoder(cfg, mode, index_uri, state, backbone, features)
+    ds = RunDataset(cfg, rows, run_loc.uri, state, udf, udf_kwargs)
+    _say(f"[trainer {mode}] {run_loc.uri}: {rows.num_rows:,} rows ({dict(skips) or 'none'} skipped), from "
+         f"step {step} at position {position}, {cfg.num_workers} worker(s), global batch {cfg.batch_size}"
+         + (", cached features" if features else ""))
+    loop_config = {"mode": mode, "cfg": config_to_dict(cfg), "counter": state,
+                   "metrics_uri": run_loc.child("metrics.jsonl").uri, "skipped_before": sum(skips.values()),
+                   "distractor": getattr(cfg, "distractor_negatives", False),
+                   "threads": max(1, int(cfg.cpus_per_worker)), "backbone": backbone,
+                   "cached_features": features is not None}
+    _fit(cfg, loop_config, ds)
+    return _summary(cfg, mode, run_loc, state, step, total, skips, t0)
+
+
+def prepare_rows(cfg: TrainConfig, mode: str, index_uri: str, run_loc: storage.Location, backbone: str | None):
+    """The usable training rows, the rows dropped by reason, the rows' total and — for a frozen combiner
+    with the feature cache — ``(cache URI, feature dim)``.  Fails before any training when too many rows
+    are unusable."""
     rows, missing = training_rows(cfg, mode, index_uri)
-    state = ray.remote(num_cpus=0)(data.RunState).remote()
-    ds = build_dataset(cfg, mode, rows, index_uri, position, step, state)
-    _say(f"[trainer {mode}] {run_loc.uri}: {rows.num_rows:,} rows ({missing} missing images skipped), "
-         f"from step {step} at position {position}, {cfg.num_workers} worker(s), global batch {cfg.batch_size}")
-    loop_config = {"mode": mode, "cfg": config_to_dict(cfg), "start_position": position, "counter": state,
-                   "metrics_uri": run_loc.child("metrics.jsonl").uri, "skipped_before": missing,
-                   "rows_before": missing, "distractor": getattr(cfg, "distractor_negatives", False),
-                   "threads": max(1, int(cfg.cpus_per_worker))}
+    total = rows.num_rows + missing
+    skips = Counter({"missing_image": missing} if missing else {})
+    features = None
+    if mode == "combiner" and cfg.cached_features():
+        check_skips(cfg, skips, total)  # before encoding anything
+        uri, manifest = feature_cache(cfg, rows, index_uri, run_loc, backbone)
+        roles = ("ref", "target") + (("distractor",) if cfg.distractor_negatives else ())
+        rows, failed = drop_failed(rows, _failed(uri, manifest), roles)
+        skips.update(failed)
+        features = (uri, int(manifest["dim"]))
+    check_skips(cfg, skips, total)
+    return rows, skips, total, features
+
+
+def _failed(features_uri: str, manifest: dict) -> dict[str, str]:
+    from trainer.features import failed_items
+
+    return failed_items(features_uri) if manifest.get("failed") else {}
+
+
+def _fit(cfg: TrainConfig, loop_config: dict[str, Any], ds) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainer.loop import train_loop
+
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # blocks reach the ranks in plan order (see build_dataset)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
@@ -191,51 +367,31 @@ def run(cfg: TrainConfig, mode: str) -> dict[str, Any]:
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             worker_runtime_env={"env_vars": {**storage.worker_env(), **QUIET_ENV}}),
-        datasets={"train": ds})
+        datasets={"train": ds}, dataset_config=ray.train.DataConfig(execution_options=ingest))
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise TrainingFailed(_root_cause(err)) from err
+
+
+def _summary(cfg: TrainConfig, mode: str, run_loc: storage.Location, state, step: int, total: int,
+             skips: Counter, t0: float) -> dict[str, Any]:
+    import ray
+
     totals = ray.get(state.totals.remote())
     final_step, _ = resume_point(run_loc.uri)
-    skipped = {**totals["skipped"], **({"missing_image": totals["skipped"].get("missing_image", 0) + missing}
-                                       if missing else {})}
+    skipped = dict(skips + Counter(totals["skipped"]))
     summary = {"mode": mode, "run": run_loc.uri, "step": final_step, "trained_steps": final_step - step,
-               "finished": final_step >= cfg.max_steps, "rows": rows.num_rows + missing,
-               "skipped": skipped, "skipped_total": sum(skipped.values()),
+               "finished": final_step >= cfg.max_steps, "rows": total, "skipped": skipped,
+               "skipped_total": sum(skipped.values()), "attempts": totals.get("attempts", []),
                "wall_s": round(time.monotonic() - t0, 1)}
     storage.write_json(run_loc.child("summary.json"), summary)
     _say(f"[trainer {mode}] done: step {final_step}/{cfg.max_steps}, skipped {summary['skipped_total']} "
-         f"{skipped or ''}, {summary['wall_s']}s")
+         f"{skipped or ''}, worker-group attempts from steps {summary['attempts']}, {summary['wall_s']}s")
     return summary
-
-
-class TrainingFailed(RuntimeError):
-    """The run failed after its allowed restarts (the message names the worker's error)."""
 
 
 def _root_cause(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     named = [ln for ln in lines if "SkipLimitError" in ln or "DataError" in ln]
     return (named or lines or [repr(err)])[-1]
-
-
-USAGE = "usage: python -m trainer {clip|combiner} [--help] ..."
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in MODES:
-        print(USAGE, file=sys.stderr)
-        return 2
-    mode, rest = argv[0], argv[1:]
-    cfg = parse_config(MODES[mode], rest, prog=f"python -m trainer {mode}")
-    try:
-        run(cfg, mode)
-    except (storage.StorageError, ConfigMismatch, data.DataError, ckpt.CheckpointError, ValueError) as err:
-        print(f"trainer {mode}: error: {err}", file=sys.stderr)
-        return 2
-    except TrainingFailed as err:
-        print(f"trainer {mode}: training failed: {err}", file=sys.stderr)
-        return 1
-    return 0

@@ -22,6 +22,9 @@ start() {
   stop
   mkdir -p "$DIR"
   export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+  # This head's own State API (its dashboard): exported before `ray start` so Ray Train's placement-group
+  # cleaner asks this instance, not another one on the machine (ENVIRONMENT.md §4b).
+  export RAY_API_SERVER_ADDRESS=http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}
   # Optional fixed ports, so several heads can share one machine (each its own range).
   local extra=()
   [ -n "${RAY_CLIENT_SERVER_PORT:-}" ] && extra+=(--ray-client-server-port="$RAY_CLIENT_SERVER_PORT")
