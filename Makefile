@@ -36,6 +36,8 @@ bench: deps
 	$(VENV)/bin/python bench/parse_throughput.py
 	$(VENV)/bin/python bench/mine_scale.py
 	$(VENV)/bin/python bench/synthetic_throughput.py
+	$(VENV)/bin/python bench/train_throughput.py
+	$(VENV)/bin/python bench/eval_encodes.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -233,7 +233,7 @@ def _check_plan(planned: tuple[int, int] | None, step: int, position: int) -> No
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train entry point: resume, train to ``max_steps``, report every step, checkpoint every N."""
+    """Ray Train entry point: resume, train to ``max_steps``, log every step, checkpoint (and report) every N."""
     import ray
     import ray.train
 
