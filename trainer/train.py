@@ -163,14 +163,9 @@ def feature_cache(cfg: CombinerConfig, rows, index_uri: str, run: storage.Locati
                   backbone: str | None) -> tuple[str, dict]:
     """Encode each distinct image and condition of ``rows`` once (Ray Data actors holding the frozen
     backbone), unless the run's cache is complete already.  Returns its URI and its manifest."""
-    import ray
-
-    import torch
-
     from cluster.stage import finished, write_manifest
     from trainer import features
     from trainer.model import model_config
-    from trainer.optim import autocast_dtype
 
     out = run.child(*FEATURES_DIR)
     done = finished(out)
@@ -180,17 +175,8 @@ def feature_cache(cfg: CombinerConfig, rows, index_uri: str, run: storage.Locati
         return out.uri, done
     storage.delete_tree(out)  # a cache without its manifest was cut short: encode again
     items = features.distinct_items(rows, cfg.distractor_negatives)
-    n = max(1, -(-items.num_rows // cfg.data_batch))
-    blocks = [items.slice(i * cfg.data_batch, cfg.data_batch) for i in range(n)]
     t0 = time.monotonic()
-    device = "cuda" if cfg.use_gpu else "cpu"
-    ds = ray.data.from_arrow(blocks).map_batches(
-        features.EncodeItems, batch_format="pyarrow", batch_size=cfg.data_batch,
-        fn_constructor_kwargs={"load": backbone_loader(cfg, backbone), "index_uri": index_uri,
-                               "device": device, "dtype": autocast_dtype(cfg.precision, torch.device(device))},
-        compute=ray.data.ActorPoolStrategy(size=cfg.data_concurrency), num_cpus=cfg.data_cpus,
-        num_gpus=1 if cfg.use_gpu else 0)
-    ds.write_parquet(out.path, filesystem=out.fs)
+    _encode(cfg, items, index_uri, out, backbone)
     failed = features.failed_items(out.uri)
     n_images = sum(1 for k in items["kind"].to_pylist() if k == "image")
     dim = int(ckpt.read_info(backbone)["embed_dim"] if backbone else model_config(cfg.model)["embed_dim"])
@@ -202,6 +188,26 @@ def feature_cache(cfg: CombinerConfig, rows, index_uri: str, run: storage.Locati
     _say(f"[trainer combiner] encoded {manifest['images']:,} images and {manifest['texts']:,} conditions once "
          f"({manifest['failed'] or 'none failed'}) in {manifest['encode_s']}s into {out.uri}")
     return out.uri, manifest
+
+
+def _encode(cfg: CombinerConfig, items, index_uri: str, out: storage.Location, backbone: str | None) -> None:
+    """``kind, item`` rows → Parquet parts of ``kind, item, feature, reason`` under ``out`` (Ray Data)."""
+    import ray
+    import torch
+
+    from trainer.features import EncodeItems
+    from trainer.optim import autocast_dtype
+
+    n = max(1, -(-items.num_rows // cfg.data_batch))
+    blocks = [items.slice(i * cfg.data_batch, cfg.data_batch) for i in range(n)]
+    device = "cuda" if cfg.use_gpu else "cpu"
+    kwargs = {"load": backbone_loader(cfg, backbone), "index_uri": index_uri, "device": device,
+              "dtype": autocast_dtype(cfg.precision, torch.device(device))}
+    ds = ray.data.from_arrow(blocks).map_batches(
+        EncodeItems, batch_format="pyarrow", batch_size=cfg.data_batch, fn_constructor_kwargs=kwargs,
+        compute=ray.data.ActorPoolStrategy(size=cfg.data_concurrency), num_cpus=cfg.data_cpus,
+        num_gpus=1 if cfg.use_gpu else 0)
+    ds.write_parquet(out.path, filesystem=out.fs)
 
 
 def drop_failed(rows, failed: dict[str, str], roles: tuple[str, ...]):
