@@ -35,7 +35,7 @@ clay fur furry feathered wire chrome canvas lace
 """
 _PATTERN = """
 striped stripes spotted dotted polka-dot plaid checkered checked floral
-patterned camouflage zebra-striped leopard-print paisley speckled
+patterned camouflage zebra-striped leopard-print paisley speckled solid plain
 """
 _SHAPE = """
 round square rectangular circular triangular oval curved straight flat pointed
@@ -49,6 +49,7 @@ one two three four five six seven eight nine ten eleven twelve single double
 several many few multiple
 """
 
+UNTYPED = "untyped"  # the name of the values the lexicon does not know (type code -1)
 
 
 def _build_lexicon() -> dict[str, str]:
@@ -110,3 +111,11 @@ def type_codes(values: Sequence[str], types: Sequence[str] = ATTRIBUTE_TYPES) ->
         dtype=np.int64,
         count=len(values),
     )
+
+
+def keep_mask(codes: NDArray[np.int64], keep: Sequence[str], types: Sequence[str] = ATTRIBUTE_TYPES
+              ) -> NDArray[np.bool_]:
+    """Which type codes (from :func:`type_codes`) fall in ``keep`` (type names, or ``UNTYPED`` for -1)."""
+    wanted = [types.index(t) for t in keep if t != UNTYPED]
+    mask = np.isin(codes, wanted)
+    return mask | (codes < 0) if UNTYPED in keep else mask

@@ -37,6 +37,22 @@ def load_concreteness(path: str | None = None) -> dict[str, float]:
     return table
 
 
+def parse_overrides(entries: Sequence[str]) -> dict[str, float]:
+    """``["circle=4.9", ...]`` -> ``{"circle": 4.9}``; a malformed entry or a score outside the table's
+    1-5 scale is a ValueError naming the entry."""
+    out: dict[str, float] = {}
+    for entry in entries:
+        word, sep, score = entry.partition("=")
+        try:
+            value = float(score)
+        except ValueError:
+            value = float("nan")
+        if not sep or not word.strip() or not 1.0 <= value <= 5.0:
+            raise ValueError(f"concreteness override {entry!r}: expected WORD=SCORE with 1 <= SCORE <= 5")
+        out[word.strip().lower()] = value
+    return out
+
+
 def score_strings(
     names: Sequence[str], table: Mapping[str, float], missing: float = MISSING
 ) -> np.ndarray:

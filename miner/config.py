@@ -8,9 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cluster.config import ConfigError, option, required, validate_fields
+from miner.attributes import ATTRIBUTE_TYPES, UNTYPED
+from miner.concreteness import parse_overrides
 from miner.readers import FORMATS
 
 KINDS = ("change_object", "focus_object", "change_attribute", "focus_attribute")
+# Counts ("two dogs", "3 cats") are not attributes in the sense of GeneCIS's attribute tasks (VAW has no
+# count type), so the attribute kinds leave them out unless asked; untyped values ("wet", "empty") stay.
+DEFAULT_ATTRIBUTE_TYPES = tuple(t for t in ATTRIBUTE_TYPES if t != "count") + (UNTYPED,)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,12 @@ class MinerConfig:
                                                 "this")
     concreteness_table: str | None = option(None, "word<TAB>score table (default: the shipped Brysbaert et al. "
                                                   "table)", uri=True)
+    attribute_types: tuple[str, ...] = option(
+        DEFAULT_ATTRIBUTE_TYPES, "the attribute kinds draw only values of these types (miner.attributes; "
+        f"'{UNTYPED}': values the lexicon does not know)", choices=ATTRIBUTE_TYPES + (UNTYPED,))
+    concreteness_overrides: tuple[str, ...] = option(
+        (), "WORD=SCORE entries replacing the table's score of WORD (for a corpus whose objects the table "
+            "rates as abstract, e.g. the procedural world's shapes)")
     max_draws: int = option(10_000, "concreteness re-draws before a triplet is counted as failed", min=1)
     val_fraction: float = option(0.1, "the first fraction of each kind's triplets is the validation split",
                                  min=0.0)
@@ -65,5 +76,9 @@ class MinerConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        try:
+            parse_overrides(self.concreteness_overrides)
+        except ValueError as err:
+            raise ConfigError(f"--concreteness-overrides: {err}") from None
         if not self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be < 1, got {self.val_fraction}")

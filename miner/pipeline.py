@@ -268,8 +268,9 @@ def _encode_batch(batch: pa.Table, vocabs: T.Vocabs) -> pa.Table:
     })
 
 
-def _assemble_tables(*blocks: pa.Table) -> T.MiningTables:
-    """Concatenate the encoded blocks into the two integer tables, sorted for determinism."""
+def _assemble_tables(*blocks: pa.Table, keep_values: np.ndarray) -> T.MiningTables:
+    """Concatenate the encoded blocks into the two integer tables, sorted for determinism; attribute rows
+    keep only the values flagged in ``keep_values`` (the configured attribute types)."""
     table = pa.concat_tables([b for b in blocks if b.num_rows]) if blocks else None
     if table is None or table.num_rows == 0:
         empty = {c: np.zeros(0, np.int64 if c == "caption_id" else np.int32)
@@ -279,7 +280,7 @@ def _assemble_tables(*blocks: pa.Table) -> T.MiningTables:
     table = table.sort_by([(c, "ascending") for c in order])
     rel = table.filter(table.column("is_relation")).select(order)
     att = table.filter(pc.invert(table.column("is_relation"))).select(["caption_id", "subject", "object"])
-    return T.MiningTables.from_arrow(rel, att)
+    return T.MiningTables.from_arrow(rel, att).keep_values(keep_values)
 
 
 def mine_stage(cfg: MinerConfig, out: storage.Location, graphs: storage.Location,
@@ -307,11 +308,13 @@ def mine_stage(cfg: MinerConfig, out: storage.Location, graphs: storage.Location
         vocabs = T.Vocabs.from_names(by_vocab)
         prog.done, prog.note = 2, "encoding the mining tables"
         encoded = rows.map_batches(_encode_batch, batch_format="pyarrow", fn_kwargs={"vocabs": vocabs})
-        tables_ref = ray.remote(_assemble_tables).remote(*encoded.to_arrow_refs())
+        keep = T.value_mask(vocabs, cfg.attribute_types)
+        tables_ref = ray.remote(_assemble_tables).remote(*encoded.to_arrow_refs(), keep_values=keep)
         ray.wait([tables_ref], fetch_local=False)
         prog.done, prog.note = 3, f"{sum(len(vocabs.get(k)) for k in ('entity', 'predicate', 'value')):,} names"
     scores = T.Scores.build(vocabs, _concreteness(cfg))
     info["vocab"] = {k: len(vocabs.get(k)) for k in ("entity", "predicate", "value")}
+    info["vocab"]["value_of_attribute_types"] = int(keep.sum())
     info["index_s"] = round(time.monotonic() - t0, 1)
     info["kinds"] = _mine_kinds(cfg, out, graphs, paths, pending, tables_ref, vocabs, scores, done)
     info["mine_s"] = round(time.monotonic() - t0, 1)
@@ -322,9 +325,9 @@ def mine_stage(cfg: MinerConfig, out: storage.Location, graphs: storage.Location
 def _concreteness(cfg: MinerConfig) -> dict[str, float] | None:
     if not cfg.concreteness:
         return None
-    from miner.concreteness import load_concreteness
+    from miner.concreteness import load_concreteness, parse_overrides
 
-    return load_concreteness(cfg.concreteness_table)
+    return load_concreteness(cfg.concreteness_table) | parse_overrides(cfg.concreteness_overrides)
 
 
 def _rule(cfg: MinerConfig):

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from cluster import stage, storage
 from miner import mining
-from miner.attributes import ATTRIBUTE_TYPES, type_codes
+from miner.attributes import ATTRIBUTE_TYPES, keep_mask, type_codes
 from miner.concreteness import score_strings
 
 TABLE_OF_KIND = {"change_object": "relation", "focus_object": "relation",
@@ -86,6 +86,11 @@ class MiningTables:
     def table(self, kind: str) -> dict[str, np.ndarray]:
         return getattr(self, TABLE_OF_KIND[kind])
 
+    def keep_values(self, keep: np.ndarray) -> "MiningTables":
+        """Only the attribute rows whose value code is marked in ``keep`` (one flag per value code)."""
+        rows = keep[self.attribute["object"]] if len(keep) else np.zeros(len(self.attribute["object"]), bool)
+        return MiningTables(relation=self.relation, attribute={c: v[rows] for c, v in self.attribute.items()})
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -99,6 +104,11 @@ class Scores:
     def build(cls, vocabs: Vocabs, concreteness: dict[str, float] | None) -> "Scores":
         entity = None if concreteness is None else score_strings(vocabs.entity.to_pylist(), concreteness)
         return cls(entity=entity, value_type=type_codes(vocabs.value.to_pylist()), type_names=ATTRIBUTE_TYPES)
+
+
+def value_mask(vocabs: Vocabs, types: tuple[str, ...]) -> np.ndarray:
+    """One flag per attribute value code: is its type among ``types`` (``MinerConfig.attribute_types``)."""
+    return keep_mask(type_codes(vocabs.value.to_pylist()), types)
 
 
 def build_index(kind: str, tables: MiningTables) -> "mining.PairIndex":

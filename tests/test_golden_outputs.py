@@ -2,7 +2,7 @@
 
 `tests/data/golden_outputs.json` holds the sha256 of every data file of a small world, a benchmark built
 against it, and the miner run on the world's captions (meta-noun dropping off, so the pin predates
-that deliberate change).  Manifests, config.json and stats markers hold timings/versions and are not
+that deliberate change; every attribute type kept, counts included, for the same reason).  Manifests, config.json and stats markers hold timings/versions and are not
 pinned.  Regenerate (only for a deliberate output change, said in the commit):
     GENECIS_WRITE_GOLDEN=1 pytest tests/test_golden_outputs.py
 """
@@ -39,8 +39,13 @@ def digest_tree(root: Path) -> dict[str, str]:
 
 
 def _miner_config(**kw) -> MinerConfig:
-    if "drop_meta_nouns" in {f.name for f in dataclasses.fields(MinerConfig)}:
+    from miner.attributes import ATTRIBUTE_TYPES, UNTYPED
+
+    fields = {f.name for f in dataclasses.fields(MinerConfig)}
+    if "drop_meta_nouns" in fields:
         kw["drop_meta_nouns"] = False  # the pin predates the deliberate meta-noun change
+    if "attribute_types" in fields:
+        kw["attribute_types"] = ATTRIBUTE_TYPES + (UNTYPED,)  # ... and the one leaving counts out
     return MinerConfig(**kw)
 
 

@@ -104,3 +104,50 @@ def test_chunk_plan_and_split_of_use_one_rule(n):
     expected = np.flatnonzero(split_of(np.arange(n), n, 0.1))
     np.testing.assert_array_equal(val_ids, expected)
     assert len(val_ids) == n // 10
+
+
+def test_attribute_types_leave_counts_and_unknown_words_out_of_the_attribute_kinds():
+    """Cause 4 of issue 9: counts ("2", "two") and nouns the parser took for attributes must not become
+    change_attribute conditions; the default drops counts, a typed list drops unknown words as well."""
+    from miner.config import DEFAULT_ATTRIBUTE_TYPES
+
+    vocabs = T.Vocabs.from_names({"entity": ["circle"], "predicate": [],
+                                  "value": ["2", "cross", "dark green", "large", "striped", "two", "wet"]})
+    tables = T.MiningTables(
+        relation={c: np.zeros(0, np.int32) for c in ("caption_id", "subject", "predicate", "object")},
+        attribute={"caption_id": np.arange(7, dtype=np.int64), "subject": np.zeros(7, np.int32),
+                   "object": np.arange(7, dtype=np.int32)})
+
+    def kept(types):
+        att = tables.keep_values(T.value_mask(vocabs, types)).attribute
+        assert att["caption_id"].tolist() == att["object"].tolist()  # whole rows kept together
+        return [vocabs.value[int(v)].as_py() for v in att["object"]]
+
+    assert "count" not in DEFAULT_ATTRIBUTE_TYPES
+    assert kept(DEFAULT_ATTRIBUTE_TYPES) == ["cross", "dark green", "large", "striped", "wet"]
+    assert kept(("color", "size", "pattern")) == ["dark green", "large", "striped"]
+    assert kept(("count",)) == ["2", "two"]
+    assert kept(("untyped",)) == ["cross", "wet"]
+
+
+def test_attribute_types_option_is_validated():
+    from cluster.config import ConfigError
+    from cluster.config import parse_config
+    from miner.config import MinerConfig
+
+    cfg = parse_config(MinerConfig, ["--input", "/in", "--output", "/out", "--attribute-types", "color", "pattern"])
+    assert cfg.attribute_types == ("color", "pattern")
+    with pytest.raises(ConfigError, match="attribute.types"):
+        MinerConfig(input="/in", output="/out", attribute_types=("colour",))
+
+
+def test_concreteness_overrides_replace_table_scores_and_reject_bad_entries():
+    from cluster.config import ConfigError
+    from miner.concreteness import load_concreteness, parse_overrides, score_strings
+    from miner.config import MinerConfig
+
+    table = load_concreteness() | parse_overrides(["Circle=4.9", "crescent = 4.9"])
+    assert score_strings(["circle", "crescent", "background"], table).tolist() == [4.9, 4.9, 3.26]
+    for bad in ("circle", "circle=high", "=4", "circle=5.5", "circle=0"):
+        with pytest.raises(ConfigError, match="concreteness.overrides"):
+            MinerConfig(input="/in", output="/out", concreteness_overrides=(bad,))

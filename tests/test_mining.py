@@ -368,6 +368,7 @@ def test_attribute_types():
     assert attribute_type("navy blue") == "color"
     assert attribute_type("wooden") == "material"
     assert attribute_type("striped") == "pattern"
+    assert attribute_type("solid") == attribute_type("plain") == "pattern"  # the world says "solid"
     assert attribute_type("large") == "size"
     assert attribute_type("3") == "count"
     assert attribute_type("happy") is None

@@ -288,6 +288,9 @@ class RunDataset:
     def __call__(self):
         import ray
 
+        from cluster.rayutil import quiet_ray_data
+
+        quiet_ray_data()  # this runs in Ray Train's controller, whose Ray Data context is the default one
         step, position = resume_point(self.run_uri)
         ray.get(self.state.plan.remote(step, position))
         table = self.plan(ray.get(self.rows), step, position)
