@@ -1,6 +1,7 @@
 """One run from captions to GeneCIS scores: ``python -m cluster pipeline --config FILE``.
 
-The pipeline config (YAML or JSON) names a storage prefix and a run name; every stage writes under
+The pipeline config (YAML or JSON; ``base: FILE`` overlays it on another) names a storage prefix and a run
+name; every stage writes under
 ``{storage}/{name}/`` and the stages are wired to each other's outputs::
 
     world/       python -m synthetic world      (procedural image-caption corpus)
@@ -10,11 +11,18 @@ The pipeline config (YAML or JSON) names a storage prefix and a run name; every 
     benchmark/   python -m synthetic benchmark  (a GeneCIS-format benchmark, another seed)
     eval/        python -m evaluator genecis    (all heads; results.json, results.md, plots)
 
-A stage whose section is absent or ``null`` does not run (a cluster config leaves out the world and the
-procedural benchmark and points ``mine.input`` / ``evaluate.annotations`` at real data).  Any wiring field a
-section sets itself wins over the derived one.  A stage whose output is complete (its manifest exists) is
-skipped without starting Ray, so a rerun after a failure continues where it stopped; each stage stays
-runnable alone with the command above.  The stage modules are imported only when their stage runs.
+A stage whose section is absent or ``null`` does not run.  Real data replaces a procedural stage: with
+``mine.input`` set (a caption corpus such as CC3M) there is no ``world`` stage, and with
+``evaluate.annotations`` set (the official GeneCIS files, with ``coco_root``/``vg_root``) there is no
+``benchmark`` stage, even when the config (or an overlay of the demo) has their sections.  A field a later
+stage would take from a stage that does not run (``combiner.images`` without a world, say) must then be set
+in its section.  Any wiring field a section sets itself wins over the derived one.
+
+A stage whose output is complete (its manifest exists) is skipped without starting Ray, after checking that
+the output was made with the same output-defining config (a changed value is refused, as the stage itself
+would refuse it, instead of being silently skipped); so a rerun after a failure continues where it stopped,
+and a rerun of a finished run writes nothing.  Each stage stays runnable alone with the command above.  The
+stage modules are imported only when their stage runs.
 """
 from __future__ import annotations
 
@@ -28,11 +36,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from cluster import storage
-from cluster.config import ConfigError
+from cluster.config import ConfigError, ConfigMismatch, output_defining, pinned_dict
 
 log = logging.getLogger("genecis_ray.pipeline")
 
 STAGES = ("world", "mine", "clip", "combiner", "benchmark", "evaluate")
+# A procedural stage does not run when a later section names the real data it would stand in for.
+REPLACED_BY = {"world": ("mine", "input"), "benchmark": ("evaluate", "annotations")}
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class PipelineRun:
     name: str
     seed: int
     sections: dict[str, dict | None]
+    stages: tuple[str, ...] = ()  # the stages that run, in order (plan_stages)
+    dropped: tuple[tuple[str, str], ...] = ()  # (stage, why) for sections present that do not run
 
     @property
     def root(self) -> str:
@@ -131,25 +143,33 @@ def _run_eval(cfg):
     return run(cfg)
 
 
-def _has(run: PipelineRun, section: str) -> bool:
-    return run.sections.get(section) is not None
+def _has(run: PipelineRun, stage: str) -> bool:
+    """Whether ``stage`` runs in this pipeline (its output can be wired into a later stage)."""
+    return stage in run.stages
 
 
 def _world_images(run: PipelineRun) -> int:
     return int((run.sections.get("world") or {}).get("images", 0))
 
 
+def _from(run: PipelineRun, stage: str, **fields: str) -> dict[str, str]:
+    """Wiring taken from ``stage``'s output, only when that stage runs (else the section must set it)."""
+    return fields if _has(run, stage) else {}
+
+
 STAGE_TABLE: dict[str, Stage] = {s.name: s for s in (
     Stage("world", "world", "_world.json", _world_cls,
           lambda r: {"output": r.path("world"), "seed": r.seed}, _run_world),
     Stage("mine", "mined", "_manifest.json", _miner_cls,
-          lambda r: {"input": r.path("world", "captions.tsv"), "output": r.path("mined")}, _run_miner),
+          lambda r: {"output": r.path("mined"), **_from(r, "world", input=r.path("world", "captions.tsv"))},
+          _run_miner),
     Stage("clip", "runs/clip", "summary.json", _clip_cls,
-          lambda r: {"storage_path": r.path("runs"), "name": "clip", "captions": r.path("world"),
+          lambda r: {"storage_path": r.path("runs"), "name": "clip", **_from(r, "world", captions=r.path("world")),
                      **r.model()}, _run_clip),
     Stage("combiner", "runs/combiner", "summary.json", _combiner_cls,
           lambda r: {"storage_path": r.path("runs"), "name": "combiner",
-                     "triplets": r.path("mined", "triplets", "train"), "images": r.path("world"),
+                     **_from(r, "mine", triplets=r.path("mined", "triplets", "train")),
+                     **_from(r, "world", images=r.path("world")),
                      **({"backbone": r.path("runs", "clip")} if _has(r, "clip") else r.model())},
           _run_combiner),
     Stage("benchmark", "benchmark", "_benchmark.json", _benchmark_cls,
@@ -158,16 +178,21 @@ STAGE_TABLE: dict[str, Stage] = {s.name: s for s in (
           _run_benchmark),
     Stage("evaluate", "eval", "results.json", _eval_cls,
           lambda r: {"output": r.path("eval"), "model": r.model()["model"],
-                     **({"benchmark": r.path("benchmark")} if _has(r, "benchmark") else {}),
-                     **({"checkpoint": r.path("runs", "combiner")} if _has(r, "combiner") else {})},
+                     **_from(r, "benchmark", benchmark=r.path("benchmark")),
+                     **_from(r, "combiner", checkpoint=r.path("runs", "combiner"))},
           _run_eval),
 )}
 
 
 # ------------------------------------------------------------------------------------- config
-def load_config_file(uri: str) -> dict[str, Any]:
-    """A YAML or JSON pipeline config (local or s3://)."""
+def load_config_file(uri: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML or JSON pipeline config (local or s3://).
+
+    ``base: OTHER.yaml`` (relative to this file, or absolute / s3://) starts from another config and
+    overlays this one on it, section by section (a key set to null removes the base's section)."""
     loc = storage.require_input(uri)
+    if loc.uri in _seen:
+        raise ConfigError(f"{uri}: 'base' configs form a cycle ({' -> '.join(_seen + (loc.uri,))})")
     text = storage.read_bytes(loc).decode()
     if uri.endswith(".json"):
         data = json.loads(text)
@@ -177,7 +202,14 @@ def load_config_file(uri: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ConfigError(f"{uri}: a pipeline config is a mapping with storage, name and stage sections")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{uri}: 'base' must name another pipeline config file")
+    parent = loc.uri.rsplit("/", 1)[0]
+    base_uri = base if ("://" in base or base.startswith("/")) else storage.join_uri(parent, base)
+    return _overlay(load_config_file(base_uri, _seen + (loc.uri,)), data)
 
 
 def _overlay(base: dict, extra: Mapping) -> dict:
@@ -207,7 +239,23 @@ def plan(data: dict[str, Any], storage_uri: str | None = None, name: str | None 
     for s, sec in sections.items():
         if sec is not None and not isinstance(sec, dict):
             raise ConfigError(f"pipeline section {s!r} must be a mapping of its stage's options (or null)")
-    return PipelineRun(storage=_absolute(store), name=run_name, seed=seed, sections=sections)
+    stages, dropped = plan_stages(sections)
+    return PipelineRun(storage=_absolute(store), name=run_name, seed=seed, sections=sections,
+                       stages=stages, dropped=dropped)
+
+
+def plan_stages(sections: Mapping[str, dict | None]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The stages that run, in order, and why a present section does not (real data replaces it)."""
+    stages, dropped = [], []
+    for name in STAGES:
+        if sections.get(name) is None:
+            continue
+        by = REPLACED_BY.get(name)
+        if by and (sections.get(by[0]) or {}).get(by[1]):
+            dropped.append((name, f"{by[0]}.{by[1]} is given"))
+            continue
+        stages.append(name)
+    return tuple(stages), tuple(dropped)
 
 
 def _absolute(uri: str) -> str:
@@ -225,6 +273,13 @@ def stage_config(run: PipelineRun, stage: Stage):
     values = {k: v for k, v in stage.wiring(run).items() if k in fields}
     values.update(section)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                    or f.metadata.get("required"))]
+    if missing:
+        raise ConfigError(f"pipeline section {stage.name!r} needs {', '.join(missing)}: no stage of this "
+                          f"pipeline provides {'it' if len(missing) == 1 else 'them'}, so set "
+                          f"{'it' if len(missing) == 1 else 'them'} in the section")
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
@@ -235,11 +290,35 @@ def is_complete(run: PipelineRun, stage: Stage) -> bool:
     return storage.exists(storage.resolve(run.path(stage.folder, stage.done_marker)))
 
 
+def check_pinned(run: PipelineRun, stage: Stage, cfg: Any) -> None:
+    """Refuse a stage output (complete or not) pinned with other output-defining values than ``cfg``.
+
+    The stage itself refuses such a rerun when it runs; checking here, for every stage before any runs,
+    also covers complete stages, which are skipped without running.  Input identities are left to the
+    stage (a complete stage's inputs are the earlier stages' outputs, which a rerun does not change)."""
+    loc = storage.resolve(run.path(stage.folder, "config.json"))
+    if not storage.exists(loc):
+        return
+    previous, current = storage.read_json(loc), pinned_dict(cfg)
+    diff = [k for k in output_defining(cfg) if previous.get(k) != current.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in diff)
+        raise ConfigMismatch(f"{run.path(stage.folder)} holds a {stage.name} stage made with a different config "
+                             f"({shown}); use another --name or --storage for the new config")
+
+
 # ------------------------------------------------------------------------------------------- run
 def run_pipeline(run: PipelineRun, only: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run every configured stage in order (skipping complete ones); returns a summary of the run."""
-    stages = [STAGE_TABLE[s] for s in STAGES if run.sections.get(s) is not None and (not only or s in only)]
+    """Run every planned stage in order (skipping complete ones); returns a summary of the run.
+
+    ``{run}/pipeline.json`` records where each stage went and how long it took; a rerun that runs no
+    stage leaves it (and every other object) untouched."""
+    stages = [STAGE_TABLE[s] for s in run.stages if not only or s in only]
+    for name, why in run.dropped:
+        log.info("[pipeline] %s: not run (%s)", name, why)
     configs = {s.name: stage_config(run, s) for s in stages}  # every section validated before any work
+    for stage in stages:
+        check_pinned(run, stage, configs[stage.name])
     summary: dict[str, Any] = {"root": run.root, "stages": {}}
     t_all = time.monotonic()
     for n, stage in enumerate(stages, 1):
@@ -257,10 +336,25 @@ def run_pipeline(run: PipelineRun, only: tuple[str, ...] = ()) -> dict[str, Any]
         log.info("[pipeline] stage %d/%d %s done in %.1f s", n, len(stages), stage.name, took)
         summary["stages"][stage.name] = {"output": where, "seconds": took}
     summary["seconds"] = round(time.monotonic() - t_all, 1)
-    if "evaluate" in configs:
+    if "evaluate" in summary["stages"]:  # only when this invocation ran (or skipped) the evaluate stage
         summary["results"] = storage.join_uri(run.path("eval"), "results.json")
-    storage.write_json(storage.resolve(run.path("pipeline.json")), summary)
+    _record(run, summary)
     return summary
+
+
+def _record(run: PipelineRun, summary: dict[str, Any]) -> None:
+    """Write ``pipeline.json``: this invocation's stages merged over the previous record (a skipped stage
+    keeps the entry of the run that made it); nothing is written when no stage ran and a record exists."""
+    loc = storage.resolve(run.path("pipeline.json"))
+    ran = any(not info.get("skipped") for info in summary["stages"].values())
+    previous = storage.read_json(loc) if storage.exists(loc) else None
+    if previous is not None and not ran:
+        return
+    stages = dict((previous or {}).get("stages", {}))
+    for name, info in summary["stages"].items():
+        if not (info.get("skipped") and name in stages):
+            stages[name] = info
+    storage.write_json(loc, {**(previous or {}), **summary, "stages": stages})
 
 
 def results_table(results: dict) -> str:
