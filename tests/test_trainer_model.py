@@ -96,6 +96,19 @@ def test_tiny_backbone(tiny):
                                                  again.model.state_dict().values()))
 
 
+def test_tiny_rn_backbone_is_convolutional_with_the_same_text_tower():
+    from trainer.model import TINY_RN_CONFIG
+
+    rn = load_backbone("tiny-rn", seed=0)
+    assert model_config("tiny-rn") == TINY_RN_CONFIG
+    assert type(rn.model.visual).__name__ == "ModifiedResNet"
+    assert (rn.embed_dim, rn.image_size, rn.context_length) == (128, 64, 32)
+    with torch.no_grad():
+        img = rn.encode_image(torch.rand(2, 3, 64, 64))
+        txt = rn.encode_text(rn.tokenize(["a red circle", "stripes"]))
+    assert img.shape == txt.shape == (2, 128) and torch.isfinite(img).all()
+
+
 def test_load_backbone_local_weights_file(tiny, tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(tiny.model.state_dict(), path)
