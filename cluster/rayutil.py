@@ -90,9 +90,20 @@ class ProgressCounter:
         return self.done, self.skipped
 
 
+def on_driver_node() -> dict[str, Any]:
+    """Actor options that keep a zero-CPU bookkeeping actor (progress counter, run state) on the driver's
+    node: on a cluster a worker node may be lost mid-run, and with it every actor on it; the driver's node
+    lives as long as the run does (Ray Train pins its controller there for the same reason)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                  soft=False)}
+
+
 def progress_counter() -> Any:
-    """A new :class:`ProgressCounter` actor (needs no CPU, so it never competes with the work)."""
-    return ray.remote(num_cpus=0)(ProgressCounter).remote()
+    """A new :class:`ProgressCounter` actor (needs no CPU, so it never competes with the work), on the
+    driver's node."""
+    return ray.remote(num_cpus=0, **on_driver_node())(ProgressCounter).remote()
 
 
 @contextlib.contextmanager
@@ -104,9 +115,15 @@ def poll_progress(counter: Any | None, progress: Progress,
     itself moves ``progress`` (``done``, ``note``) and the thread is a heartbeat for a long step."""
     stop = threading.Event()
 
+    lost: list[str] = []
+
     def poll() -> None:
-        if counter is not None:
-            progress.done, progress.skipped = ray.get(counter.totals.remote())
+        if counter is not None and not lost:
+            try:
+                progress.done, progress.skipped = ray.get(counter.totals.remote())
+            except ray.exceptions.RayActorError as err:  # its node is gone: the work will tell the rest
+                lost.append(type(err).__name__)
+                progress.note = f"progress counter lost ({lost[0]})"
         if on_poll is not None:
             on_poll(progress)
 

@@ -28,7 +28,12 @@ S3_ENV_VARS = (
     "AWS_DEFAULT_REGION",
     "AWS_REQUEST_CHECKSUM_CALCULATION",
     "AWS_RESPONSE_CHECKSUM_VALIDATION",
+    "AWS_MAX_ATTEMPTS",
 )
+# Attempts per S3 request (the standard AWS_MAX_ATTEMPTS variable overrides it).  The SDK's default of 3
+# gives up after ~1 s without a server; 8 attempts with its exponential backoff ride out ~25 s (a restarted
+# S3 gateway, a throttling burst) before a write fails.
+DEFAULT_S3_ATTEMPTS = 8
 
 
 class StorageError(RuntimeError):
@@ -60,9 +65,13 @@ def join_uri(uri: str, *parts: str) -> str:
 
 
 def s3_filesystem_from_env(env: dict[str, str] | None = None) -> pafs.S3FileSystem:
-    """An S3FileSystem configured from the standard AWS environment variables, path-style."""
+    """An S3FileSystem configured from the standard AWS environment variables, path-style.
+
+    Note: pyarrow (26) does not pickle ``retry_strategy``; a filesystem sent to a Ray worker retries with
+    the SDK default (3 attempts).  Code in a worker should call :func:`resolve` there instead."""
     env = dict(os.environ if env is None else env)
-    kwargs: dict = {"region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    kwargs: dict = {"region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts(env))}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -75,6 +84,15 @@ def s3_filesystem_from_env(env: dict[str, str] | None = None) -> pafs.S3FileSyst
         if env.get("AWS_SESSION_TOKEN"):
             kwargs["session_token"] = env["AWS_SESSION_TOKEN"]
     return pafs.S3FileSystem(**kwargs)
+
+
+def _max_attempts(env: dict[str, str]) -> int:
+    value = env.get("AWS_MAX_ATTEMPTS", "").strip()
+    if not value:
+        return DEFAULT_S3_ATTEMPTS
+    if not value.isdigit() or int(value) < 1:
+        raise StorageError(f"AWS_MAX_ATTEMPTS={value!r}: expected a whole number >= 1")
+    return int(value)
 
 
 def resolve(uri: str) -> Location:
@@ -156,11 +174,15 @@ def ensure_dir(loc: Location) -> None:
 def write_bytes_atomic(loc: Location, data: bytes) -> None:
     """Write a whole object so readers see either nothing or all of it.
 
-    Local: write ``.tmp-*`` beside it then ``os.replace``.  S3: a single PUT is already atomic.
+    Local: write ``.tmp-*`` beside it then ``os.replace``.  S3: a single PUT is already atomic; a PUT
+    that still fails after the retries (AWS_MAX_ATTEMPTS) is a StorageError naming the object.
     """
     if loc.is_s3:
-        with loc.fs.open_output_stream(loc.path) as out:
-            out.write(data)
+        try:
+            with loc.fs.open_output_stream(loc.path) as out:
+                out.write(data)
+        except OSError as err:
+            raise StorageError(f"cannot write {loc.uri} (after retries; rerun to resume): {err}") from err
         return
     os.makedirs(os.path.dirname(loc.path), exist_ok=True)
     tmp = f"{loc.path}.tmp-{uuid.uuid4().hex}"

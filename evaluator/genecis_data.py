@@ -60,6 +60,15 @@ class Template:
 
 
 # ----------------------------------------------------------------------------------------- parsing
+def _safe_image_id(value: object) -> str:
+    """An image id becomes a file name under the image root: no separator, no '..', no NUL, <= 200 chars."""
+    text = str(value)
+    if not text or len(text) > 200 or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise AnnotationError(f"image_id {text[:60]!r}{'...' if len(text) > 60 else ''} cannot name a file "
+                              "under the image root (empty, over 200 characters, '..', '/', '\\' or NUL)")
+    return text
+
+
 def parse_item(raw: object) -> Item:
     """A VG crop ``{"image_id", "instance_bbox"}`` or a COCO image ``{"val_image_id"}``."""
     if not isinstance(raw, dict):
@@ -74,7 +83,7 @@ def parse_item(raw: object) -> Item:
         if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
             raise AnnotationError(f"instance_bbox must be 4 numbers [x, y, w, h], got {box!r}")
-        return Item(str(raw["image_id"]), tuple(float(v) for v in box))
+        return Item(_safe_image_id(raw["image_id"]), tuple(float(v) for v in box))
     raise AnnotationError(f"item has neither val_image_id nor image_id+instance_bbox: {sorted(raw)}")
 
 

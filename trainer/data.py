@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import posixpath
 import tarfile
 from typing import Any, Callable, Iterator
@@ -27,6 +28,8 @@ import pyarrow.parquet as pq
 import torch
 
 from cluster import storage
+
+log = logging.getLogger("genecis_ray.trainer")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 INDEX_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.int32()), ("offset", pa.int64()),
@@ -62,15 +65,24 @@ def index_tar(uri: str) -> pa.Table:
     """``key, offset, size`` of every image member of one tar (reads the headers, streams the data)."""
     loc = storage.resolve(uri)
     keys, offsets, sizes = [], [], []
+    last_was_image = False
     with loc.fs.open_input_stream(loc.path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = member_key(member.name)
-            if ext in IMAGE_EXTS:
-                keys.append(key)
-                offsets.append(member.offset_data)
-                sizes.append(member.size)
+        try:
+            for member in tar:
+                key, ext = member_key(member.name)
+                last_was_image = member.isfile() and ext in IMAGE_EXTS
+                if last_was_image:
+                    keys.append(key)
+                    offsets.append(member.offset_data)
+                    sizes.append(member.size)
+        except (tarfile.ReadError, EOFError) as err:
+            # A truncated shard: the data ran out inside the last member read, the ones before it are
+            # whole.  Rows naming a lost member become counted missing_image skips downstream.
+            lost = None
+            if last_was_image:
+                lost, _, _ = keys.pop(), offsets.pop(), sizes.pop()
+            log.warning("%s is truncated (%s): indexed its %d complete image members%s", uri, err, len(keys),
+                        f", dropped the incomplete {lost}" if lost else "")
     return pa.table({"key": pa.array(keys, pa.string()), "offset": pa.array(offsets, pa.int64()),
                      "size": pa.array(sizes, pa.int64())})
 

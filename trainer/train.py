@@ -317,7 +317,9 @@ def run(cfg: TrainConfig, mode: str) -> dict[str, Any]:
 
     index_uri = image_index(cfg.image_root(), run_loc)
     rows, skips, total, features = prepare_rows(cfg, mode, index_uri, run_loc, backbone)
-    state = ray.remote(num_cpus=0)(RunState).remote(position)
+    from cluster.rayutil import on_driver_node
+
+    state = ray.remote(num_cpus=0, **on_driver_node())(RunState).remote(position)  # outlives a lost worker node
     udf, udf_kwargs = decoder(cfg, mode, index_uri, state, backbone, features)
     ds = RunDataset(cfg, rows, run_loc.uri, state, udf, udf_kwargs)
     _say(f"[trainer {mode}] {run_loc.uri}: {rows.num_rows:,} rows ({dict(skips) or 'none'} skipped), from "
