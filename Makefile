@@ -8,10 +8,15 @@ PYTEST_ARGS ?=
 SEED    ?= 0
 QUICK   ?=
 
-.PHONY: test demo deps deps-system bench clean-venv
+.PHONY: test test-multinode demo deps deps-system bench clean-venv
 
 test: deps deps-system
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The two-node cluster and node-kill tests (tests/test_multinode.py), on their own: opt-in, see that file.
+test-multinode: deps deps-system
+	GENECIS_MULTINODE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh \
+	  $(VENV)/bin/python -m pytest tests/test_multinode.py $(PYTEST_ARGS)
 
 # The whole chain on local Ray and local disk (cluster/configs/demo.yaml); its last line is results.json's path.
 demo: deps
