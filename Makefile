@@ -13,7 +13,7 @@ QUICK   ?=
 test: deps deps-system
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The two-node cluster and node-kill tests (tests/test_multinode.py), on their own: opt-in, see that file.
+# The two-node cluster and node-kill tests (tests/test_multinode.py, ~15 min), on their own: opt-in, see that file.
 test-multinode: deps deps-system
 	GENECIS_MULTINODE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh \
 	  $(VENV)/bin/python -m pytest tests/test_multinode.py $(PYTEST_ARGS)

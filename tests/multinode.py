@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -157,8 +158,25 @@ class TwoNodeCluster:
     def nodes(self) -> list[dict]:
         from ray.util.state import list_nodes
 
-        return [n.__dict__ if hasattr(n, "__dict__") else dict(n)
-                for n in list_nodes(address=self.api_server, detail=True, raise_on_missing_output=False)]
+        with self.state_api():
+            found = list_nodes(address=self.api_server, detail=True, raise_on_missing_output=False)
+        return [n.__dict__ if hasattr(n, "__dict__") else dict(n) for n in found]
+
+    @contextlib.contextmanager
+    def state_api(self):
+        """Ray's State API prefers RAY_API_SERVER_ADDRESS / RAY_ADDRESS from the environment over the
+        ``address`` it is given, and `make test` exports the suite's own head there: point both at this
+        cluster for the call."""
+        saved = {k: os.environ.get(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")}
+        os.environ.update(RAY_API_SERVER_ADDRESS=self.api_server, RAY_ADDRESS=self.address)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def worker_nodes(self, state: str = "ALIVE") -> list[dict]:
         return [n for n in self.nodes() if n["state"] == state and
@@ -204,7 +222,9 @@ class TwoNodeCluster:
         or display name contains ``name_part`` (Ray Data's show as ``MapWorker(MapBatches(ParseShardWorker))``)."""
         from ray.util.state import list_actors
 
-        actors = list_actors(address=self.api_server, limit=10_000, detail=True, raise_on_missing_output=False)
+        with self.state_api():
+            actors = list_actors(address=self.api_server, limit=10_000, detail=True,
+                                 raise_on_missing_output=False)
         kinds = {n["node_id"]: ("head" if n.get("is_head_node") else "worker") for n in self.nodes()}
         return {a.actor_id: kinds.get(a.node_id, "unknown") for a in actors
                 if name_part in (a.class_name or "") or name_part in (getattr(a, "repr_name", "") or "")}
