@@ -24,7 +24,8 @@ from tests.multinode import TwoNodeCluster
 # Opt-in (`make test-multinode`, GENECIS_MULTINODE=1).  Under `make test` the worker node was first "not
 # listed alive within 120 s": Ray's State API took the suite head's RAY_API_SERVER_ADDRESS from the
 # environment over the address it was given (fixed in tests/multinode.py: TwoNodeCluster.state_api).  The
-# module has passed under `make test-multinode` since, but not yet inside one full `make test` run.
+# module has passed under `make test-multinode` since (4 passed, 536 s), but not yet inside one full
+# `make test` run.
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("GENECIS_MULTINODE") != "1",
                                  reason="two-node cluster tests are opt-in: make test-multinode")]
