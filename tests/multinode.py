@@ -30,7 +30,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_RESOURCE = "worker_node"
 
 
-def _session_pids(sid: int) -> list[int]:
+def session_pids(sid: int) -> list[int]:
+    """PIDs of every live process of session ``sid`` (read from /proc)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -47,7 +48,7 @@ def kill_session(sid: int, sig: int = signal.SIGKILL, wait_s: float = 30.0) -> i
     signalled: set[int] = set()
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        pids = _session_pids(sid)
+        pids = session_pids(sid)
         if not pids:
             return len(signalled)
         for pid in pids:
@@ -57,7 +58,7 @@ def kill_session(sid: int, sig: int = signal.SIGKILL, wait_s: float = 30.0) -> i
             except ProcessLookupError:
                 pass
         time.sleep(0.2)
-    raise RuntimeError(f"processes of session {sid} survived {wait_s:.0f} s: {_session_pids(sid)}")
+    raise RuntimeError(f"processes of session {sid} survived {wait_s:.0f} s: {session_pids(sid)}")
 
 
 def _pgrep(pattern: str) -> list[int]:

@@ -19,6 +19,7 @@ import pytest
 
 from cluster import storage
 from tests.conftest import ROOT
+from tests.multinode import session_pids
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -161,24 +162,12 @@ def _train_worker_pids() -> list[int]:
     return [a.pid for a in actors]
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    pids.append(int(entry.name))
-            except ProcessLookupError:
-                continue
-    return pids
-
-
 def _kill_session(proc: subprocess.Popen) -> None:
     """SIGKILL the driver's process group, then whatever is left of its session, by PID."""
     sid = proc.pid
     os.killpg(sid, signal.SIGKILL)
     proc.wait(timeout=60)
-    for pid in _session_pids(sid):
+    for pid in session_pids(sid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
