@@ -43,6 +43,9 @@ class RetrievalConfig:
     pretrained: str | None = option(None, "open_clip pretrained tag or weights file, in place of --checkpoint")
     images: int = option(1000, "the first N images of the world (N-way retrieval)", min=2)
     ceiling: bool = option(True, "also compute the ground-truth ceiling (captions consistent with each image)")
+    swap_words: tuple[str, ...] = option(
+        (), "word groups, each 'w1,w2,...' (as `trainer clip --swap-negatives`): also score each image's "
+            "caption against every one-word swap of it (pairwise accuracy, chance 0.5)")
     batch_size: int = option(128, "images or texts per encode batch", runtime=True, min=1)
     output: str | None = option(None, "write the result JSON here (a file path or s3:// URI)", uri=True)
     progress_interval_s: float = option(5.0, "seconds between progress lines", runtime=True, min=0.0)
@@ -50,6 +53,11 @@ class RetrievalConfig:
     def __post_init__(self) -> None:
         if self.checkpoint and self.pretrained:
             raise ValueError("--pretrained and --checkpoint are exclusive: the checkpoint holds the weights")
+        if self.swap_words and not (self.checkpoint or self.pretrained):
+            raise ValueError("--swap-words needs a model (--checkpoint or --pretrained)")
+        from trainer.negatives import parse_groups
+
+        parse_groups(self.swap_words)
         validate_fields(self)
 
 
@@ -165,8 +173,27 @@ def ceiling(m: np.ndarray) -> dict[str, Any]:
                                               "unique": float(np.mean(per_caption == 1))}}
 
 
+def swap_accuracy(image_feats: np.ndarray, captions: list[str], swaps: list[list[tuple[int, str]]],
+                  encode_texts, groups: list[tuple[str, ...]]) -> dict[str, dict[str, float]]:
+    """Per word group: the fraction of (image, one-word swap of its caption) pairs where the image scores
+    its true caption above the swap (ties count as wrong), and how many pairs that is."""
+    a = image_feats / np.linalg.norm(image_feats, axis=1, keepdims=True)
+    true = encode_texts(captions)
+    true_score = np.sum(a * true / np.linalg.norm(true, axis=1, keepdims=True), axis=1)
+    rows = [(i, g, text) for i, sw in enumerate(swaps) for g, text in sw]
+    if not rows:
+        return {}
+    feats = encode_texts([text for _, _, text in rows])
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    idx = np.array([i for i, _, _ in rows])
+    won = np.sum(a[idx] * feats, axis=1) < true_score[idx]
+    grp = np.array([g for _, g, _ in rows])
+    return {groups[g][0] + "...": {"accuracy": float(won[grp == g].mean()), "pairs": int((grp == g).sum())}
+            for g in sorted(set(grp.tolist()))}
+
+
 # ----------------------------------------------------------------------------------------- encoding
-def encode(cfg: RetrievalConfig, records: list[Record]) -> tuple[np.ndarray, np.ndarray, str]:
+def encode(cfg: RetrievalConfig, records: list[Record]) -> tuple[np.ndarray, np.ndarray, str, Any]:
     from evaluator.encode import Encoder, ModelSpec, load_model
 
     loaded = load_model(ModelSpec(cfg.model, cfg.pretrained, cfg.checkpoint))
@@ -179,15 +206,29 @@ def encode(cfg: RetrievalConfig, records: list[Record]) -> tuple[np.ndarray, np.
         txts.append(enc.texts([r.meta["captions"][0]["text"] for r in batch]))
         progress.update(len(batch))
     progress.finish()
-    return np.concatenate(imgs), np.concatenate(txts), str(loaded.checkpoint or cfg.pretrained)
+    return np.concatenate(imgs), np.concatenate(txts), str(loaded.checkpoint or cfg.pretrained), enc
+
+
+def _batched(encode_texts, batch_size: int):
+    return lambda texts: np.concatenate([encode_texts(texts[s:s + batch_size])
+                                         for s in range(0, len(texts), batch_size)])
 
 
 def run(cfg: RetrievalConfig) -> dict[str, Any]:
     records, backgrounds = read_records(cfg.captions, cfg.images)
     result: dict[str, Any] = {"world": cfg.captions, "images": len(records), "caption": "first per image"}
     if cfg.checkpoint or cfg.pretrained:
-        image_feats, text_feats, source = encode(cfg, records)
+        image_feats, text_feats, source, enc = encode(cfg, records)
         result.update(model=cfg.model, weights=source, **retrieval_metrics(image_feats, text_feats))
+        if cfg.swap_words:
+            from trainer.negatives import WordSwapper, parse_groups
+
+            groups = parse_groups(cfg.swap_words)
+            captions = [r.meta["captions"][0]["text"] for r in records]
+            swapper = WordSwapper(groups)
+            swaps = [swapper.all_swaps(c) for c in captions]
+            result["swap_accuracy"] = swap_accuracy(image_feats, captions, swaps,
+                                                    _batched(enc.texts, cfg.batch_size), groups)
     if cfg.ceiling:
         progress = Progress("ceiling", len(records), unit="images", interval_s=cfg.progress_interval_s)
         result["ceiling"] = ceiling(consistency_matrix(records, backgrounds, progress))

@@ -1,7 +1,8 @@
 """Input readers: caption corpora -> deterministic shards -> (key, url, caption) records or counted skips.
 
 Formats: ``cc3m-tsv`` (``caption<TAB>url``, no header), ``jsonl`` (objects with ``caption``/``text``,
-``url`` and optional ``key``), ``parquet`` (img2dataset-style: ``caption``, ``url``, optional ``key``).
+``url`` and optional ``key``), ``parquet`` (img2dataset-style: ``caption``, ``url``, optional ``key``; with img2dataset's ``status``
+column, rows not ``"success"`` are skipped as ``not_downloaded``).
 Text inputs are split into byte ranges (a line belongs to the shard its first byte falls in); Parquet
 inputs into runs of row groups.  Shard ids are the position in the sorted plan, so the same input and
 shard size always give the same shards and the same generated keys.
@@ -22,9 +23,9 @@ _SUFFIXES = {"cc3m-tsv": (".tsv", ".txt", ".csv"), "jsonl": (".jsonl", ".json"),
 _CHUNK = 1 << 16
 
 # Skip reasons, each counted in the manifest with the first few examples.
-EMPTY, TOO_LONG, BAD_UTF8, BAD_FIELDS, BAD_JSON, NON_ENGLISH, NO_LETTERS = (
+EMPTY, TOO_LONG, BAD_UTF8, BAD_FIELDS, BAD_JSON, NON_ENGLISH, NO_LETTERS, NOT_DOWNLOADED = (
     "empty_caption", "caption_too_long", "not_utf8", "wrong_field_count", "bad_json", "non_english",
-    "no_letters")
+    "no_letters", "not_downloaded")
 
 _FOREIGN_WORDS = frozenset(
     "le la les des une est et dans avec sur der die das und ein eine ist mit auf von el los las y en "
@@ -167,7 +168,7 @@ def _parquet_records(loc: storage.Location, spec: ShardSpec, rules: CaptionRules
         pf = pq.ParquetFile(f)
         names = set(pf.schema_arrow.names)
         text_col = "caption" if "caption" in names else "text"
-        cols = [c for c in (text_col, "url", "key") if c in names]
+        cols = [c for c in (text_col, "url", "key", "status", "error_message") if c in names]
         if text_col not in names:
             raise ValueError(f"{spec.uri}: parquet input needs a 'caption' or 'text' column, has {sorted(names)}")
         table = pf.read_row_groups(list(range(spec.start, spec.end)), columns=cols)
@@ -178,7 +179,18 @@ def _parquet_records(loc: storage.Location, spec: ShardSpec, rules: CaptionRules
         if caption is None:
             yield Skip(EMPTY, row, f"null caption (key {safe_example(str(key))})")
             continue
+        if "status" in data and data["status"][row] != "success":
+            yield _not_downloaded(data, row, key)
+            continue
         yield check_caption(str(caption), url or "", str(key), row, rules)
+
+
+def _not_downloaded(data: dict[str, list], row: int, key) -> Skip:
+    """img2dataset's Parquet lists every input row with its download ``status``; a row whose image was not
+    fetched ("failed_to_download", "failed_to_resize") has no image to mine, train or evaluate on."""
+    error = data.get("error_message", [None] * (row + 1))[row]
+    return Skip(NOT_DOWNLOADED, row, safe_example(f"key {key}: {data['status'][row]}"
+                                                  + (f" ({error})" if error else "")))
 
 
 def safe_example(value: str | bytes, limit: int = EXAMPLE_CHARS) -> str:

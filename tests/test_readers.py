@@ -12,7 +12,7 @@ from PIL import Image
 
 from cluster.storage import StorageError
 from miner.readers import (BAD_FIELDS, BAD_JSON, BAD_UTF8, EMPTY, EXAMPLE_CHARS, NO_LETTERS, NON_ENGLISH,
-                           TOO_LONG, CaptionRules, Record, Skip, SkipCounter, plan_shards, read_shard,
+                           NOT_DOWNLOADED, TOO_LONG, CaptionRules, Record, Skip, SkipCounter, plan_shards, read_shard,
                            safe_example)
 
 RULES = CaptionRules()
@@ -85,6 +85,20 @@ def test_jsonl_and_parquet_inputs(tmp_path):
     items = _all(specs)
     assert isinstance(items[0], Record) and items[0].key == "0"
     assert [i.reason for i in items[1:]] == [EMPTY, EMPTY]
+
+
+def test_img2dataset_rows_without_an_image_are_counted_skips(tmp_path):
+    """img2dataset's per-shard Parquet keeps failed downloads with their status: no image, no triplet."""
+    table = pa.table({"caption": ["a red car", "a blue bus", "a dog"], "url": ["a", "b", "c"],
+                      "key": ["000000000", "000000001", "000000002"],
+                      "status": ["success", "failed_to_download", "success"],
+                      "error_message": [None, "HTTP Error 404: Not Found", None]})
+    pq.write_table(table, tmp_path / "00000.parquet")
+    items = _all(plan_shards(str(tmp_path), "parquet", 0))
+    assert [i.key for i in items if isinstance(i, Record)] == ["000000000", "000000002"]
+    (skip,) = [i for i in items if not isinstance(i, Record)]
+    assert skip.reason == NOT_DOWNLOADED and skip.row == 1
+    assert "000000001" in skip.example and "failed_to_download" in skip.example and "404" in skip.example
 
 
 def test_unknown_format_and_empty_directory(tmp_path):

@@ -69,3 +69,20 @@ def test_cli_names_a_missing_world(tmp_path, capsys):
     from evaluator.__main__ import main
 
     assert main(["retrieval", "--captions", str(tmp_path / "nope")]) == 2
+
+
+def test_swap_accuracy_counts_pairs_won_per_group_and_ties_as_lost():
+    from evaluator.retrieval import swap_accuracy
+    from trainer.negatives import WordSwapper, parse_groups
+
+    groups = parse_groups(["circle,square,star", "red,blue"])
+    captions = ["a red circle", "a blue star"]
+    swaps = [WordSwapper(groups).all_swaps(c) for c in captions]
+    assert [len(s) for s in swaps] == [3, 3]  # 1 colour swap + 2 shape swaps each
+
+    def encode(texts):  # a text tower that sees colour words only; shapes are invisible to it
+        return np.array([[1.0, 0.0] if "red" in t else [0.0, 1.0] for t in texts])
+
+    images = np.array([[1.0, 0.0], [0.0, 1.0]])
+    acc = swap_accuracy(images, captions, swaps, encode, groups)
+    assert acc == {"circle...": {"accuracy": 0.0, "pairs": 4}, "red...": {"accuracy": 1.0, "pairs": 2}}

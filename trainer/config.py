@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.config import option, required
+from cluster.config import ConfigError, option, required
 
 from trainer.model import FINETUNE_MODES
+from trainer.negatives import parse_groups
 from trainer.optim import PRECISIONS, OptimSettings
 
 
@@ -94,6 +95,17 @@ class ClipConfig(TrainConfig):
     weight_decay: float = option(0.1, "AdamW weight decay", min=0.0)
     beta2: float = option(0.98, "AdamW beta2", min=0.0, max=1.0)
     eps: float = option(1e-6, "AdamW eps", min=0.0)
+    swap_negatives: tuple[str, ...] = option(
+        (), "groups of interchangeable words, each 'w1,w2,...' (e.g. the corpus's object nouns): every "
+            "caption with a group word also gives a hard negative caption, that word swapped for another of "
+            "its group, scored against the image (NegCLIP-style; trainer/negatives.py)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            parse_groups(self.swap_negatives)
+        except ValueError as err:
+            raise ConfigError(f"--swap-negatives: {err}") from None
 
     def image_root(self) -> str:
         return self.images or self.captions

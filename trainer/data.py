@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cluster import storage
+from trainer.negatives import WordSwapper
 
 log = logging.getLogger("genecis_ray.trainer")
 
@@ -317,7 +318,24 @@ class DecodeTriplets(_Decoder):
 
 
 class DecodeCaptions(_Decoder):
-    """Planned caption rows (``position, key, caption``) → ``images, tokens, position``."""
+    """Planned caption rows (``position, key, caption``) → ``images, tokens, position``; with
+    ``swap_groups``, also ``neg_tokens, neg_valid``: each caption with one group word swapped
+    (:mod:`trainer.negatives`), drawn from (seed, position); ``neg_valid`` is False where a caption has no
+    group word (its row then repeats the caption and the loss ignores it)."""
+
+    def __init__(self, index_uri: str, transform: Callable, tokenizer: Callable, seed: int,
+                 image_size: int, context_length: int, swap_groups: list[tuple[str, ...]] | None = None,
+                 counter=None):
+        super().__init__(index_uri, transform, tokenizer, seed, image_size, context_length, counter)
+        self.swapper = WordSwapper(swap_groups) if swap_groups else None
+
+    def negatives(self, captions: list[str], positions: list[int]) -> dict[str, np.ndarray]:
+        negs, valid = [], []
+        for caption, pos in zip(captions, positions):
+            neg = self.swapper(caption, np.random.default_rng([self.seed, pos, 3]))
+            negs.append(caption if neg is None else neg)
+            valid.append(neg is not None)
+        return {"neg_tokens": self.tokens(negs), "neg_valid": np.asarray(valid, np.bool_)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, captions, positions = [], [], []
@@ -335,9 +353,11 @@ class DecodeCaptions(_Decoder):
             captions.append(str(batch["caption"][i]))
             positions.append(int(pos))
         _report(self.counter, batch["position"], skipped)
-        return {"images": self.images(images),
-                "tokens": self.tokens(captions),
-                "position": np.asarray(positions, np.int64)}
+        out = {"images": self.images(images), "tokens": self.tokens(captions),
+               "position": np.asarray(positions, np.int64)}
+        if self.swapper is not None:
+            out.update(self.negatives(captions, positions))
+        return out
 
 
 # ------------------------------------------------------------------------------------ row resolution

@@ -67,9 +67,27 @@ def info_nce(query: torch.Tensor, target: torch.Tensor, logit_scale: torch.Tenso
     return loss
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric image ↔ caption loss (normalised features, learnable scale)."""
-    return info_nce(image, text, logit_scale, symmetric=True)
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, *,
+              negatives: torch.Tensor | None = None,
+              negatives_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's symmetric image ↔ caption loss (normalised features, learnable scale).
+
+    ``negatives`` (one swapped caption per row, :mod:`trainer.negatives`) join the captions every image
+    is scored against, gathered from all ranks like them (image → text only, as NegCLIP: a swapped caption
+    has no image of its own); columns whose ``negatives_valid`` is False are masked out."""
+    if negatives is None:
+        return info_nce(image, text, logit_scale, symmetric=True)
+    labels = _labels(image.shape[0], image.device)
+    all_text, all_img = gather_with_grad(text), gather_with_grad(image)
+    all_neg = gather_with_grad(negatives)
+    logits = logit_scale * image @ torch.cat([all_text, all_neg]).t()
+    if negatives_valid is not None:
+        valid = gather_with_grad(negatives_valid.to(logits.dtype)).bool()
+        pad = torch.ones(all_text.shape[0], dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(~torch.cat([pad, valid]).view(1, -1), float("-inf"))
+    i2t = F.cross_entropy(logits.float(), labels)
+    t2i = F.cross_entropy((logit_scale * text @ all_img.t()).float(), labels)
+    return 0.5 * (i2t + t2i)
 
 
 def initial_log_scale(temperature: float) -> float:

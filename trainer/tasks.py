@@ -23,12 +23,17 @@ class ClipTask(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, neg_tokens: torch.Tensor | None = None,
+                neg_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         img = F.normalize(self.model.encode_image(images, normalize=False), dim=-1)
-        txt = F.normalize(self.model.encode_text(tokens, normalize=False), dim=-1)
+        n = tokens.shape[0]
+        both = tokens if neg_tokens is None else torch.cat([tokens, neg_tokens])
+        feats = F.normalize(self.model.encode_text(both, normalize=False), dim=-1)
+        txt, neg = feats[:n], (feats[n:] if neg_tokens is not None else None)
         # open_clip 3.3 keeps logit_scale as log(1/T) and exponentiates in forward; we do it here
         scale = scale_from_log(self.model.logit_scale)
-        return clip_loss(img, txt, scale), {"temperature": float(1.0 / scale.detach())}
+        loss = clip_loss(img, txt, scale, negatives=neg, negatives_valid=neg_valid)
+        return loss, {"temperature": float(1.0 / scale.detach())}
 
 
 class CombinerTask(nn.Module):

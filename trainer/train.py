@@ -31,6 +31,7 @@ from cluster.config import config_to_dict, pin_config
 from trainer import checkpoint as ckpt
 from trainer import data
 from trainer.config import ClipConfig, CombinerConfig, TrainConfig
+from trainer.negatives import parse_groups
 from trainer.runstate import RunState
 
 QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -240,6 +241,11 @@ def _model_name(cfg: TrainConfig, backbone: str | None) -> str:
     return info["model"]
 
 
+def hard_negatives(cfg: TrainConfig) -> bool:
+    """Whether batches carry hard negatives: swapped captions (clip) or mined distractors (combiner)."""
+    return bool(getattr(cfg, "distractor_negatives", False) or getattr(cfg, "swap_negatives", ()))
+
+
 def decoder(cfg: TrainConfig, mode: str, index_uri: str, state, backbone: str | None,
             features: tuple[str, int] | None = None) -> tuple[type, dict[str, Any]]:
     """The Ray Data actor class that turns planned rows into model inputs, and its constructor kwargs:
@@ -255,7 +261,8 @@ def decoder(cfg: TrainConfig, mode: str, index_uri: str, state, backbone: str | 
     kwargs = dict(index_uri=index_uri, transform=bb.preprocess_train, tokenizer=bb.tokenizer, seed=cfg.seed,
                   image_size=bb.image_size, context_length=bb.context_length, counter=state)
     if mode == "clip":
-        return data.DecodeCaptions, kwargs
+        groups = parse_groups(cfg.swap_negatives) if cfg.swap_negatives else None
+        return data.DecodeCaptions, {**kwargs, "swap_groups": groups}
     return data.DecodeTriplets, {**kwargs, "with_distractor": cfg.distractor_negatives}
 
 
@@ -327,7 +334,7 @@ def run(cfg: TrainConfig, mode: str) -> dict[str, Any]:
          + (", cached features" if features else ""))
     loop_config = {"mode": mode, "cfg": config_to_dict(cfg), "counter": state,
                    "metrics_uri": run_loc.child("metrics.jsonl").uri, "skipped_before": sum(skips.values()),
-                   "distractor": getattr(cfg, "distractor_negatives", False),
+                   "hard_negatives": hard_negatives(cfg),
                    "threads": max(1, int(cfg.cpus_per_worker)), "backbone": backbone,
                    "cached_features": features is not None}
     _fit(cfg, loop_config, ds)
