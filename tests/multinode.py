@@ -61,6 +61,26 @@ def kill_session(sid: int, sig: int = signal.SIGKILL, wait_s: float = 30.0) -> i
     raise RuntimeError(f"processes of session {sid} survived {wait_s:.0f} s: {session_pids(sid)}")
 
 
+def wait_for(what: str, predicate, proc: subprocess.Popen, log: Path, timeout: float, poll_s: float = 0.5):
+    """Poll ``predicate`` until it returns something truthy (returned); fail the test, with the end of the
+    driver's log, when the driver exits first or ``timeout`` passes (the driver's session is then killed)."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"the driver exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-3000:]}")
+        time.sleep(poll_s)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    kill_session(proc.pid)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
 def _pgrep(pattern: str) -> list[int]:
     res = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return [int(p) for p in res.stdout.split()]

@@ -19,7 +19,7 @@ import pytest
 
 from cluster import storage
 from tests.conftest import ROOT
-from tests.multinode import TwoNodeCluster
+from tests.multinode import TwoNodeCluster, wait_for
 
 # Opt-in (`make test-multinode`, GENECIS_MULTINODE=1).  Under `make test` the worker node was first "not
 # listed alive within 120 s": Ray's State API took the suite head's RAY_API_SERVER_ADDRESS from the
@@ -103,16 +103,7 @@ def _ok(cluster: TwoNodeCluster, log: Path, *args: str, timeout: float = WAIT_S)
 
 
 def _wait_for(what: str, predicate, proc: subprocess.Popen, log: Path, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            pytest.fail(f"the driver exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    _kill_driver(proc)
-    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+    return wait_for(what, predicate, proc, log, timeout)
 
 
 def _lost_capacity_line(log: str) -> bool:

@@ -20,6 +20,7 @@ from trainer.runstate import RunState  # noqa: E402
 from trainer.model import Combiner, load_backbone  # noqa: E402
 from trainer.tasks import CombinerTask  # noqa: E402
 from trainer.train import drop_failed  # noqa: E402
+from trainer.negatives import parse_groups  # noqa: E402
 
 
 def _jpeg(colour: tuple[int, int, int], size: int = 48) -> bytes:
@@ -131,6 +132,25 @@ def test_decoder_counts_corrupt_images_and_masks_distractors_that_are_the_target
     state.plan(step=5, position=80)
     state.start_attempt(step=5)
     assert state.last_plan() == (5, 80) and state.totals()["attempts"] == [5]
+
+
+def test_caption_decoder_adds_one_swapped_negative_per_caption(images, tiny):
+    _, index_uri, _ = images
+    groups = parse_groups(["circle,square,star"])
+    decode = data.DecodeCaptions(index_uri, tiny.preprocess_train, tiny.tokenizer, seed=0, image_size=64,
+                                 context_length=32, swap_groups=groups)
+    captions = ["a red circle", "two blue squares", "a grey background"]
+    batch = {"position": np.array([0, 1, 2]), "key": np.array(KEYS[:3], dtype=object),
+             "caption": np.array(captions, dtype=object)}
+    out = decode(batch)
+    assert out["neg_tokens"].shape == out["tokens"].shape == (3, 32)
+    assert out["neg_valid"].tolist() == [True, True, False]  # the last caption names no shape
+    np.testing.assert_array_equal(out["neg_tokens"][2], out["tokens"][2])
+    assert all((out["neg_tokens"][i] != out["tokens"][i]).any() for i in (0, 1))
+    np.testing.assert_array_equal(decode(batch)["neg_tokens"], out["neg_tokens"])  # seeded per position
+    plain = data.DecodeCaptions(index_uri, tiny.preprocess_train, tiny.tokenizer, seed=0, image_size=64,
+                                context_length=32)
+    assert "neg_tokens" not in plain(batch)
 
 
 def test_feature_cache_encodes_once_and_matches_the_backbone(images, tiny, tmp_path):

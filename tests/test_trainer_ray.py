@@ -19,7 +19,7 @@ import pytest
 
 from cluster import storage
 from tests.conftest import ROOT
-from tests.multinode import session_pids
+from tests.multinode import session_pids, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -143,15 +143,7 @@ def _registered(run: Path) -> list[int]:
 
 
 def _wait_for(what: str, predicate, proc: subprocess.Popen, log: Path, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            pytest.fail(f"the driver exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-3000:]}")
-        time.sleep(1)
-    pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+    return wait_for(what, predicate, proc, log, timeout)
 
 
 def _train_worker_pids() -> list[int]:
