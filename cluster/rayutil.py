@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import warnings
 from typing import Any, Callable, Hashable, Iterator, Mapping, TypeVar
 
 import ray
@@ -69,6 +70,10 @@ def quiet_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # ...and Ray Data's warning that they are off, which says how to turn them back on
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # Ray Train 2.60 reads a deprecated Ray Data option itself (ExecutionOptions.exclude_resources)
+    warnings.filterwarnings("ignore", message=r".*exclude_resources.* is deprecated")
     for handler in logging.getLogger("ray.data").handlers:
         if handler.get_name() == "console":  # Ray Data's console handler; its file handler keeps INFO
             handler.setLevel(logging.WARNING)
