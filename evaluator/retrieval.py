@@ -173,12 +173,11 @@ def ceiling(m: np.ndarray) -> dict[str, Any]:
                                               "unique": float(np.mean(per_caption == 1))}}
 
 
-def swap_accuracy(image_feats: np.ndarray, captions: list[str], swaps: list[list[tuple[int, str]]],
+def swap_accuracy(image_feats: np.ndarray, true: np.ndarray, swaps: list[list[tuple[int, str]]],
                   encode_texts, groups: list[tuple[str, ...]]) -> dict[str, dict[str, float]]:
-    """Per word group: the fraction of (image, one-word swap of its caption) pairs where the image scores
-    its true caption above the swap (ties count as wrong), and how many pairs that is."""
+    """Per word group: the fraction of (image i, one-word swap of caption i) pairs where image i scores its
+    caption (features ``true[i]``) above the swap (ties count as wrong), and how many pairs that is."""
     a = image_feats / np.linalg.norm(image_feats, axis=1, keepdims=True)
-    true = encode_texts(captions)
     true_score = np.sum(a * true / np.linalg.norm(true, axis=1, keepdims=True), axis=1)
     rows = [(i, g, text) for i, sw in enumerate(swaps) for g, text in sw]
     if not rows:
@@ -227,7 +226,7 @@ def run(cfg: RetrievalConfig) -> dict[str, Any]:
             captions = [r.meta["captions"][0]["text"] for r in records]
             swapper = WordSwapper(groups)
             swaps = [swapper.all_swaps(c) for c in captions]
-            result["swap_accuracy"] = swap_accuracy(image_feats, captions, swaps,
+            result["swap_accuracy"] = swap_accuracy(image_feats, text_feats, swaps,
                                                     _batched(enc.texts, cfg.batch_size), groups)
     if cfg.ceiling:
         progress = Progress("ceiling", len(records), unit="images", interval_s=cfg.progress_interval_s)

@@ -84,5 +84,5 @@ def test_swap_accuracy_counts_pairs_won_per_group_and_ties_as_lost():
         return np.array([[1.0, 0.0] if "red" in t else [0.0, 1.0] for t in texts])
 
     images = np.array([[1.0, 0.0], [0.0, 1.0]])
-    acc = swap_accuracy(images, captions, swaps, encode, groups)
+    acc = swap_accuracy(images, encode(captions), swaps, encode, groups)
     assert acc == {"circle...": {"accuracy": 0.0, "pairs": 4}, "red...": {"accuracy": 1.0, "pairs": 2}}
