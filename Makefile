@@ -40,6 +40,7 @@ deps-system:
 bench: deps
 	$(VENV)/bin/python bench/parse_throughput.py
 	$(VENV)/bin/python bench/mine_scale.py
+	$(VENV)/bin/python bench/mine_end_to_end.py
 	$(VENV)/bin/python bench/synthetic_throughput.py
 	$(VENV)/bin/python bench/train_throughput.py
 	$(VENV)/bin/python bench/eval_encodes.py
