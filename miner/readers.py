@@ -188,7 +188,7 @@ def _parquet_records(loc: storage.Location, spec: ShardSpec, rules: CaptionRules
 def _not_downloaded(data: dict[str, list], row: int, key) -> Skip:
     """img2dataset's Parquet lists every input row with its download ``status``; a row whose image was not
     fetched ("failed_to_download", "failed_to_resize") has no image to mine, train or evaluate on."""
-    error = data.get("error_message", [None] * (row + 1))[row]
+    error = data["error_message"][row] if "error_message" in data else None
     return Skip(NOT_DOWNLOADED, row, safe_example(f"key {key}: {data['status'][row]}"
                                                   + (f" ({error})" if error else "")))
 
