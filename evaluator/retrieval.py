@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from cluster import storage
-from cluster.config import option, required, validate_fields
+from cluster.config import ConfigError, option, required, validate_fields
 from cluster.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,10 @@ class RetrievalConfig:
             raise ValueError("--swap-words needs a model (--checkpoint or --pretrained)")
         from trainer.negatives import parse_groups
 
-        parse_groups(self.swap_words)
+        try:
+            parse_groups(self.swap_words)
+        except ValueError as err:
+            raise ConfigError(f"--swap-words: {err}") from None
         validate_fields(self)
 
 

@@ -86,3 +86,11 @@ def test_swap_accuracy_counts_pairs_won_per_group_and_ties_as_lost():
     images = np.array([[1.0, 0.0], [0.0, 1.0]])
     acc = swap_accuracy(images, encode(captions), swaps, encode, groups)
     assert acc == {"circle...": {"accuracy": 0.0, "pairs": 4}, "red...": {"accuracy": 1.0, "pairs": 2}}
+
+
+def test_a_bad_swap_group_names_its_flag():
+    from cluster.config import ConfigError
+    from evaluator.retrieval import RetrievalConfig
+
+    with pytest.raises(ConfigError, match="--swap-words"):
+        RetrievalConfig(captions="/tmp/w", checkpoint="/tmp/run", swap_words=("circle",))
