@@ -93,7 +93,8 @@ class TripleNormaliser:
     """
 
     def __init__(self, nlp: Language) -> None:
-        self._lemmatizer = nlp.get_pipe("lemmatizer") if "lemmatizer" in nlp.pipe_names else None
+        # disabled when SceneGraphParser memoises it: its tables are all this uses
+        self._lemmatizer = nlp.get_pipe("lemmatizer") if "lemmatizer" in nlp.component_names else None
         self._index = self._table("lemma_index")
         self._exceptions = self._table("lemma_exc")
         self._rules = self._table("lemma_rules")

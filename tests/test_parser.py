@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -18,10 +19,12 @@ from miner.parse_eval import (
     score,
 )
 from miner.lexicon import META_NOUNS
+from miner.memo_attrs import MemoAttributes, memoisable
 from miner.parser import SceneGraphParser, graph_from_doc, load_spacy, meta_noun_forms
 
 REPO = Path(__file__).resolve().parents[1]
 FACTUAL_DEV = REPO.parent / "shared" / "data" / "factual" / "dev.csv"
+CC3M_TSV = REPO.parent / "shared" / "data" / "cc3m" / "Validation_GCC-1.1.0-Validation.tsv"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def names(graph: dict) -> list[str]:
 # -- loading / schema ----------------------------------------------------------
 def test_load_spacy_has_ner_off(parser: SceneGraphParser) -> None:
     assert "ner" not in parser.nlp.pipe_names
-    assert {"parser", "lemmatizer"} <= set(parser.nlp.pipe_names)
+    assert {"parser", "lemmatizer"} <= set(parser.nlp.component_names)
 
 
 def test_load_spacy_unknown_model_names_install_command() -> None:
@@ -69,7 +72,7 @@ def test_empty_caption(parser: SceneGraphParser, caption: str) -> None:
 
 
 def test_graph_from_doc_is_pure_function(parser: SceneGraphParser) -> None:
-    doc = parser.nlp("dog sitting on bench")
+    doc = parser.doc("dog sitting on bench")
     assert graph_from_doc(doc) == graph_from_doc(doc) == parser.parse("dog sitting on bench")
 
 
@@ -222,7 +225,7 @@ def test_meta_nouns_only_as_heads(parser: SceneGraphParser) -> None:
 
 
 def test_meta_noun_dropping_is_switchable(parser: SceneGraphParser) -> None:
-    doc = parser.nlp("a photo of a dog")
+    doc = parser.doc("a photo of a dog")
     kept = graph_from_doc(doc)  # no meta nouns given: the graph as FACTUAL annotates it
     assert names(kept) == ["photo", "dog"] and ("dog", "in", "photo") in graph_triples(kept)
     assert names(graph_from_doc(doc, meta_noun_forms(["dog"]))) == ["photo"]  # a list of one's own
@@ -358,3 +361,40 @@ def test_parse_eval_cli(tmp_path: Path) -> None:
     assert metrics["captions"] == 50
     assert {"precision", "recall", "f1", "relation_f1", "exact_match"} <= set(metrics)
     assert "f1" in result.stdout
+
+
+# -- memoised attribute_ruler + lemmatizer (miner/memo_attrs.py) --------------------------------------
+TRICKY = ["there is a dog  on the grass", "y'all gonna love it", "let's go", "it ain't red", "  two cats\n\nsleep",
+          "There are 3 red cubes", "C'mon, gotta see the ROME skyline", "a dog's bone", ""]
+
+
+def _annotations(docs) -> list[tuple]:
+    return [(t.i, t.tag_, t.dep_, t.head.i, t.pos_, str(t.morph), t.lemma_) for doc in docs for t in doc]
+
+
+def test_memoised_rule_components_equal_the_real_ones(parser: SceneGraphParser) -> None:
+    captions = list(TRICKY)
+    if CC3M_TSV.exists():
+        captions += [ln.split("\t")[0] for ln in CC3M_TSV.read_text().splitlines()[:3000]]
+    if FACTUAL_DEV.exists():
+        captions += [row["caption"] for row in csv.DictReader(FACTUAL_DEV.open())]
+    assert parser.memo is not None and "lemmatizer" not in parser.nlp.pipe_names
+    real = load_spacy("en_core_web_sm")
+    memo_docs = list(parser.docs(captions))
+    assert _annotations(memo_docs) == _annotations(real.pipe(captions))
+    assert parser.memo.whole_docs >= 5 and 0 < len(parser.memo.memo) <= parser.memo.max_entries
+    again = list(parser.docs(captions[:50]))  # now from the memo: the same again
+    assert _annotations(again) == _annotations(memo_docs[:50])
+
+
+def test_memo_refuses_what_it_cannot_reproduce() -> None:
+    nlp = load_spacy("en_core_web_sm")
+    nlp.get_pipe("attribute_ruler").add([[{"LOWER": "red"}, {"POS": "NOUN"}]], {"LEMMA": "x"})
+    assert "POS" in (memoisable(nlp) or "")
+    assert MemoAttributes.detach(nlp) is None and "lemmatizer" in nlp.pipe_names  # left as it was
+    bare = load_spacy("en_core_web_sm", disable=("ner", "lemmatizer"))
+    assert "lemmatizer" in (memoisable(bare) or "")
+    with pytest.raises(ValueError, match="cannot memoise"):
+        MemoAttributes(bare)
+    plain = SceneGraphParser(memo_attributes=False)
+    assert plain.memo is None and plain.parse_many(TRICKY) == SceneGraphParser().parse_many(TRICKY)
