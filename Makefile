@@ -13,9 +13,9 @@ QUICK   ?=
 test: deps deps-system
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The two-node cluster and node-kill tests (tests/test_multinode.py, ~15 min), on their own: opt-in, see that file.
+# The two-node cluster and node-kill tests (tests/test_multinode.py, ~9 min; also part of `make test`), alone.
 test-multinode: deps deps-system
-	GENECIS_MULTINODE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh \
 	  $(VENV)/bin/python -m pytest tests/test_multinode.py $(PYTEST_ARGS)
 
 # The whole chain on local Ray and local disk (cluster/configs/demo.yaml); its last line is results.json's path.
