@@ -3,16 +3,18 @@
 In ``en_core_web_sm`` these two rule components cost about 45 % of the pipeline's time on captions
 (tok2vec + tagger + parser the rest), yet what they assign to a token depends on that token alone — its
 text, tag and dependency label — except for a few multi-token patterns ("there is" makes "is" a VERB,
-"gonna", "let's").  :class:`MemoAttributes` runs the real components once per distinct (orth, tag, dep)
-on a one-token Doc, and copies the result (tag, dep, POS, morphology, lemma) into every later token with
-that key through ``Doc.from_array``.  A Doc in which a multi-token pattern could match goes through the
-real components whole.  The output equals the real components' token for token (tests/test_parser.py
+"gonna", "let's").  :class:`MemoAttributes` runs the real components once per distinct (orth, tag, dep) —
+the keys a batch of captions lacks, together on one Doc — and copies the result (tag, dep, POS, morphology,
+lemma) into every later token with that key through ``Doc.from_array``.  A Doc in which a multi-token pattern could match goes through the
+real components whole.  The lemmatizer's known-lemma lists become sets (it scanned a 57k-word list per
+suffix rule for every new word).  The output equals the real components' token for token (tests/test_parser.py
 checks it on CC3M and FACTUAL captions); a pipeline whose patterns look at anything beyond the token
 itself is not memoised at all (:func:`memoisable` says why).
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,11 +80,12 @@ class MemoAttributes:
         if reason is not None:
             raise ValueError(f"cannot memoise this pipeline's rule components: {reason}")
         self.components = [nlp.get_pipe(name) for name in COMPONENTS]
+        _index_as_sets(self.components[1])
         self.vocab = nlp.vocab
         self.key_ids = [IDS[k] for k in self.KEY]
         self.out_ids = [IDS[k] for k in self.OUT]
         triggers = [_trigger(p[0]) for p in _token_patterns(nlp) if len(p) > 1]
-        self.lower_id = IDS["LOWER"]
+        self.read_ids = self.key_ids + [IDS["LOWER"]]
         self.lower_hashes = self._hashes(triggers, "lower")
         self.dep_hashes = self._hashes(triggers, "dep")
         self.regexes = [(attr, rx) for attr, rx in triggers if not isinstance(rx, frozenset)]
@@ -107,15 +110,28 @@ class MemoAttributes:
         return memo
 
     def __call__(self, doc: Doc) -> Doc:
-        table = doc.to_array(self.key_ids + [self.lower_id]).tolist()
-        if self._context_sensitive(table):
-            self.whole_docs += 1
-            for component in self.components:
-                doc = component(doc)
-            return doc
-        rows = [self.memo.get(key) or self._compute(key) for key in (tuple(r[:3]) for r in table)]
+        return next(self.pipe([doc]))
+
+    def pipe(self, docs: Iterable[Doc], chunk: int = 256) -> Iterator[Doc]:
+        """Annotate ``docs`` in order; the keys a chunk of them lacks are computed together, on one Doc."""
+        for group in _chunks(docs, chunk):
+            tables = [doc.to_array(self.read_ids).tolist() for doc in group]
+            plain = [not self._context_sensitive(table) for table in tables]
+            wanted = {tuple(row[:3]) for table, ok in zip(tables, plain) if ok for row in table}
+            fresh = self._compute({key for key in wanted if key not in self.memo})
+            for doc, table, ok in zip(group, tables, plain):
+                yield self._annotate(doc, table, fresh) if ok else self._whole(doc)
+
+    def _annotate(self, doc: Doc, table: list[list[int]], fresh: dict[tuple, list[int]]) -> Doc:
+        rows = [self.memo.get(key) or fresh[key] for key in (tuple(row[:3]) for row in table)]
         if rows:
             doc.from_array(self.out_ids, np.asarray(rows, dtype=np.uint64))
+        return doc
+
+    def _whole(self, doc: Doc) -> Doc:
+        self.whole_docs += 1
+        for component in self.components:
+            doc = component(doc)
         return doc
 
     def _context_sensitive(self, table: list[list[int]]) -> bool:
@@ -135,17 +151,43 @@ class MemoAttributes:
             self.regex_memo[key] = any(rx.search(text[attr]) for attr, rx in self.regexes)
         return self.regex_memo[key]
 
-    def _compute(self, key: tuple[int, int, int]) -> list[int]:
-        """Run the real components on a one-token Doc holding ``key``'s text, tag and label."""
+    def _compute(self, keys: set[tuple[int, int, int]]) -> dict[tuple[int, int, int], list[int]]:
+        """Run the real components on one Doc of the keys' words with their tags and labels.  None of the
+        words can start a multi-token pattern (their Docs were not context-sensitive), so each token's
+        result is its own, as on a Doc of that token alone."""
         from spacy.tokens import Doc
 
-        orth, tag, dep = key
-        one = Doc(self.vocab, words=[self.vocab.strings[orth]], spaces=[False])
-        one.from_array(self.key_ids[1:], np.array([[tag, dep]], dtype=np.uint64))
+        if not keys:
+            return {}
+        order = list(keys)
+        doc = Doc(self.vocab, words=[self.vocab.strings[orth] for orth, _, _ in order], spaces=[False] * len(order))
+        doc.from_array(self.key_ids[1:], np.array([key[1:] for key in order], dtype=np.uint64))
         for component in self.components:
-            one = component(one)
-        row = one.to_array(self.out_ids)[0].tolist()
-        self.misses += 1
-        if len(self.memo) < self.max_entries:
-            self.memo[key] = row
-        return row
+            doc = component(doc)
+        rows = dict(zip(order, doc.to_array(self.out_ids).tolist()))
+        self.misses += len(rows)
+        room = self.max_entries - len(self.memo)
+        self.memo.update(rows if room >= len(rows) else dict(list(rows.items())[:max(room, 0)]))
+        return rows
+
+
+def _index_as_sets(lemmatizer: Any) -> None:
+    """The rule lemmatizer's known-lemma lists (57k nouns) as frozensets: it only asks ``form in index``
+    and whether the list is empty, so the answers stay the same, in O(1) instead of a scan per rule."""
+    lookups = getattr(lemmatizer, "lookups", None)
+    if lookups is None or not lookups.has_table("lemma_index"):
+        return
+    table = lookups.get_table("lemma_index")
+    for key in list(table.keys()):
+        table[key] = frozenset(table[key])
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

@@ -699,8 +699,8 @@ class SceneGraphParser:
 
     def docs(self, captions: Iterable[str]) -> Iterator[Doc]:
         """The spaCy Docs, fully annotated (``self.nlp`` alone lacks POS and lemmas when memoised)."""
-        for doc in self.nlp.pipe(captions, batch_size=self.batch_size):
-            yield self._finish(doc)
+        docs = self.nlp.pipe(captions, batch_size=self.batch_size)
+        yield from docs if self.memo is None else self.memo.pipe(docs, self.batch_size)
 
     def doc(self, caption: str) -> Doc:
         return self._finish(self.nlp(caption))
