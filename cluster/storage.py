@@ -67,8 +67,10 @@ def join_uri(uri: str, *parts: str) -> str:
 def s3_filesystem_from_env(env: dict[str, str] | None = None) -> pafs.S3FileSystem:
     """An S3FileSystem configured from the standard AWS environment variables, path-style.
 
-    Note: pyarrow (26) does not pickle ``retry_strategy``; a filesystem sent to a Ray worker retries with
-    the SDK default (3 attempts).  Code in a worker should call :func:`resolve` there instead."""
+    Pickled (to a Ray worker, also inside Ray Data's read/write tasks) it is rebuilt from the receiving
+    process's environment (:class:`EnvS3FileSystem`), which Ray's ``runtime_env`` fills from
+    :func:`worker_env`: pyarrow's own pickle drops ``retry_strategy`` (a worker would retry 3 times, not
+    ``DEFAULT_S3_ATTEMPTS``) and would carry the secret key inside the pickle."""
     env = dict(os.environ if env is None else env)
     kwargs: dict = {"region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
                     "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts(env))}
@@ -83,7 +85,14 @@ def s3_filesystem_from_env(env: dict[str, str] | None = None) -> pafs.S3FileSyst
         kwargs["secret_key"] = env["AWS_SECRET_ACCESS_KEY"]
         if env.get("AWS_SESSION_TOKEN"):
             kwargs["session_token"] = env["AWS_SESSION_TOKEN"]
-    return pafs.S3FileSystem(**kwargs)
+    return EnvS3FileSystem(**kwargs)
+
+
+class EnvS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3FileSystem whose pickle is "build me from your environment" (no settings, no keys)."""
+
+    def __reduce__(self):
+        return s3_filesystem_from_env, ()
 
 
 def _max_attempts(env: dict[str, str]) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -36,14 +37,15 @@ def test_unsupported_scheme():
 
 
 class _RecordingS3(http.server.BaseHTTPRequestHandler):
-    """Answers every request 404 and records (method, path, Host, Authorization) of each."""
+    """Answers every request ``status`` (404) and records (method, path, Host, Authorization) of each."""
 
     seen: list[tuple[str, str, str, str]] = []
+    status = 404
 
     def _answer(self) -> None:
         self.seen.append((self.command, self.path, self.headers.get("Host", ""),
                           self.headers.get("Authorization", "")))
-        self.send_response(404)
+        self.send_response(self.status)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -72,6 +74,30 @@ def test_s3_filesystem_from_env_is_path_style():
     method, path, host, auth = _RecordingS3.seen[0]
     assert path.startswith("/some-bucket/some/key.json") and host == f"localhost:{server.server_port}"
     assert "Credential=akid-test/" in auth and "/eu-west-1/s3/" in auth
+
+
+def test_pickled_s3_filesystem_keeps_its_retries_and_carries_no_keys(monkeypatch):
+    """What a Ray worker receives: rebuilt from that process's environment, so AWS_MAX_ATTEMPTS still holds
+    (pyarrow's own pickle falls back to the SDK's 3 attempts) and the secret is not in the bytes."""
+    _RecordingS3.seen.clear()
+    monkeypatch.setattr(_RecordingS3, "status", 503)  # retryable: every attempt reaches the server
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"AWS_ENDPOINT_URL_S3": f"http://localhost:{server.server_port}", "AWS_REGION": "eu-west-1",
+           "AWS_ACCESS_KEY_ID": "akid-test", "AWS_SECRET_ACCESS_KEY": "secret-xyz", "AWS_MAX_ATTEMPTS": "4"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        data = pickle.dumps(storage.resolve("s3://some-bucket/x").fs)
+        assert b"secret-xyz" not in data and b"akid-test" not in data
+        fs = pickle.loads(data)
+        with pytest.raises(OSError):
+            fs.get_file_info("some-bucket/some/key.json")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert isinstance(fs, storage.EnvS3FileSystem) and fs.region == "eu-west-1"
+    assert len(_RecordingS3.seen) == 4  # AWS_MAX_ATTEMPTS, not the SDK's 3
 
 
 @pytest.mark.s3
