@@ -31,9 +31,7 @@ TINY_RN_CONFIG: dict[str, Any] = {
     "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
     "text_cfg": TINY_CONFIG["text_cfg"],
 }
-EXP_W24 = {"embed_dim": 128, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 24, "head_width": 32}, "text_cfg": TINY_CONFIG["text_cfg"]}
-EXP_96 = {"embed_dim": 128, "vision_cfg": {"image_size": 96, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32}, "text_cfg": TINY_CONFIG["text_cfg"]}
-LOCAL_CONFIGS: dict[str, dict[str, Any]] = {"tiny": TINY_CONFIG, "tiny-rn": TINY_RN_CONFIG, "exp-w24": EXP_W24, "exp-96": EXP_96}
+LOCAL_CONFIGS: dict[str, dict[str, Any]] = {"tiny": TINY_CONFIG, "tiny-rn": TINY_RN_CONFIG}
 
 HEADS = ("image_only", "text_only", "image_plus_text", "combiner")
 FINETUNE_MODES = ("frozen", "image", "text", "whole")
