@@ -28,7 +28,7 @@ COMPONENTS = ("attribute_ruler", "lemmatizer")
 # orth, plus the tag and label the tagger and parser gave it.
 TOKEN_LOCAL_KEYS = frozenset({"ORTH", "TEXT", "LOWER", "TAG", "DEP", "IS_SPACE", "IS_PUNCT", "IS_ALPHA",
                               "IS_DIGIT", "IS_LOWER", "IS_UPPER", "IS_TITLE", "LENGTH", "SHAPE", "PREFIX",
-                              "SUFFIX", "OP"})
+                              "SUFFIX"})  # no "OP": an optional or repeated first token defeats the trigger
 MAX_ENTRIES = 200_000  # distinct (orth, tag, dep) keys kept; later ones are computed each time (~60 MB)
 
 

@@ -391,6 +391,9 @@ def test_memo_refuses_what_it_cannot_reproduce() -> None:
     nlp = load_spacy("en_core_web_sm")
     nlp.get_pipe("attribute_ruler").add([[{"LOWER": "red"}, {"POS": "NOUN"}]], {"LEMMA": "x"})
     assert "POS" in (memoisable(nlp) or "")
+    optional = load_spacy("en_core_web_sm")
+    optional.get_pipe("attribute_ruler").add([[{"LOWER": "a", "OP": "?"}, {"LOWER": "b"}]], {"LEMMA": "x"})
+    assert "OP" in (memoisable(optional) or "")  # "b" alone would match: "a" is no trigger
     assert MemoAttributes.detach(nlp) is None and "lemmatizer" in nlp.pipe_names  # left as it was
     bare = load_spacy("en_core_web_sm", disable=("ner", "lemmatizer"))
     assert "lemmatizer" in (memoisable(bare) or "")
