@@ -13,7 +13,7 @@ QUICK   ?=
 test: deps deps-system
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The two-node cluster and node-kill tests (tests/test_multinode.py, ~9 min; also part of `make test`), alone.
+# The two-node cluster and node-kill tests (tests/test_multinode.py, ~10.5 min; also part of `make test`), alone.
 test-multinode: deps deps-system
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash cluster/local/with_services.sh \
 	  $(VENV)/bin/python -m pytest tests/test_multinode.py $(PYTEST_ARGS)
