@@ -92,7 +92,7 @@ class MemoAttributes:
         self.regex_memo: dict[tuple[int, int], bool] = {}
         self.max_entries = max_entries
         self.memo: dict[tuple[int, int, int], list[int]] = {}
-        self.misses = self.whole_docs = 0
+        self.whole_docs = 0  # Docs that went through the real components (a multi-token pattern could match)
 
     def _hashes(self, triggers, attr: str) -> frozenset[int]:
         words = [w for a, ws in triggers if a == attr and isinstance(ws, frozenset) for w in ws]
@@ -165,7 +165,6 @@ class MemoAttributes:
         for component in self.components:
             doc = component(doc)
         rows = dict(zip(order, doc.to_array(self.out_ids).tolist()))
-        self.misses += len(rows)
         room = self.max_entries - len(self.memo)
         self.memo.update(rows if room >= len(rows) else dict(list(rows.items())[:max(room, 0)]))
         return rows
