@@ -6,10 +6,11 @@ text, tag and dependency label — except for a few multi-token patterns ("there
 "gonna", "let's").  :class:`MemoAttributes` runs the real components once per distinct (orth, tag, dep) —
 the keys a batch of captions lacks, together on one Doc — and copies the result (tag, dep, POS, morphology,
 lemma) into every later token with that key through ``Doc.from_array``.  A Doc in which a multi-token
-pattern could match goes through the real components whole.  The lemmatizer's known-lemma lists become sets (it scanned a 57k-word list per
-suffix rule for every new word).  The output equals the real components' token for token (tests/test_parser.py
-checks it on CC3M and FACTUAL captions); a pipeline whose patterns look at anything beyond the token
-itself is not memoised at all (:func:`memoisable` says why).
+pattern could match goes through the real components whole.  The lemmatizer's known-lemma lists become
+sets (it scanned a 57k-word list per suffix rule for every new word).  The output equals the real
+components' token for token (tests/test_parser.py checks it on CC3M and FACTUAL captions); a pipeline
+whose patterns look at anything beyond the token itself is not memoised at all (:func:`memoisable` says
+why).
 """
 from __future__ import annotations
 
