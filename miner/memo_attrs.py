@@ -68,7 +68,7 @@ def _trigger(spec: dict[str, Any]) -> tuple[str, Any] | None:
 
 
 class MemoAttributes:
-    """Callable on a Doc that has been through tok2vec/tagger/parser only; sets what the two rule
+    """:meth:`pipe` takes Docs that have been through tok2vec/tagger/parser only and sets what the two rule
     components would.  Build with :meth:`detach`, which takes them out of ``nlp``'s enabled pipes."""
 
     KEY = ("ORTH", "TAG", "DEP")
@@ -109,9 +109,6 @@ class MemoAttributes:
         for name in COMPONENTS:
             nlp.disable_pipe(name)
         return memo
-
-    def __call__(self, doc: Doc) -> Doc:
-        return next(self.pipe([doc]))
 
     def pipe(self, docs: Iterable[Doc], chunk: int = 256) -> Iterator[Doc]:
         """Annotate ``docs`` in order; the keys a chunk of them lacks are computed together, on one Doc."""

@@ -695,16 +695,13 @@ class SceneGraphParser:
         self.nlp = load_spacy(model)
         self.memo = MemoAttributes.detach(self.nlp) if memo_attributes else None
 
-    def _finish(self, doc: Doc) -> Doc:
-        return doc if self.memo is None else self.memo(doc)
-
     def docs(self, captions: Iterable[str]) -> Iterator[Doc]:
         """The spaCy Docs, fully annotated (``self.nlp`` alone lacks POS and lemmas when memoised)."""
         docs = self.nlp.pipe(captions, batch_size=self.batch_size)
         yield from docs if self.memo is None else self.memo.pipe(docs, self.batch_size)
 
     def doc(self, caption: str) -> Doc:
-        return self._finish(self.nlp(caption))
+        return next(self.docs([caption]))
 
     def iter_parse(self, captions: Iterable[str]) -> Iterator[dict[str, Any]]:
         """Lazily parse captions in input order."""
