@@ -230,3 +230,24 @@ def test_skip_watch_clock_and_step_seeds():
 
     assert step_seed(0, 5, 1) == step_seed(0, 5, 1)
     assert len({step_seed(0, 5, 0), step_seed(0, 5, 1), step_seed(0, 6, 0), step_seed(1, 5, 0)}) == 4
+
+
+def test_crop_scale_reaches_the_training_transform(images, tmp_path):
+    """--crop-scale is the smallest area of the training RandomResizedCrop; the default is open_clip's."""
+    from torchvision.transforms import RandomResizedCrop
+
+    from cluster.config import ConfigError
+    from trainer.config import ClipConfig
+    from trainer.train import decoder
+
+    _, index_uri, _ = images
+
+    def crop_of(**kw) -> RandomResizedCrop:
+        cfg = ClipConfig(storage_path=str(tmp_path), name="c", captions=str(tmp_path), model="tiny", **kw)
+        _, kwargs = decoder(cfg, "clip", index_uri, None, None, None)
+        return next(t for t in kwargs["transform"].transforms if isinstance(t, RandomResizedCrop))
+
+    assert crop_of().scale == (0.9, 1.0) == load_backbone("tiny").preprocess_train.transforms[0].scale
+    assert crop_of(crop_scale=0.25).scale == (0.25, 1.0)
+    with pytest.raises(ConfigError, match="crop-scale"):
+        ClipConfig(storage_path=str(tmp_path), name="c", captions=str(tmp_path), crop_scale=0.0)

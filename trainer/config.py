@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.config import ConfigError, option, required
+from cluster.config import ConfigError, option, required, validate_fields
 
 from trainer.model import FINETUNE_MODES
 from trainer.negatives import parse_groups
@@ -60,6 +60,9 @@ class TrainConfig:
     keep_checkpoints: int = option(3, "checkpoints kept in storage", runtime=True, min=1)
     max_failures: int = option(2, "worker-group restarts from the last checkpoint before the run fails",
                                runtime=True, min=0)
+    crop_scale: float = option(0.9, "smallest area fraction of the training RandomResizedCrop (open_clip's "
+                               "and GeneCIS's 0.9; smaller also teaches the objects at larger scales)",
+                               min=0.01, max=1.0)
     seed: int = option(0, "seed of model init, data order, augmentation and dropout", min=0)
     max_skip_fraction: float = option(0.05, "fail when more than this fraction of rows is skipped",
                                       runtime=True, min=0.0, max=0.999)
@@ -70,6 +73,7 @@ class TrainConfig:
     progress_s: float = option(5.0, "seconds between progress lines", runtime=True, min=0.1)
 
     def __post_init__(self) -> None:
+        validate_fields(self)  # min/max/choices hold for configs built in code too, as for the CLI
         if self.batch_size % self.num_workers:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --num-workers "
                              f"{self.num_workers}")

@@ -132,13 +132,15 @@ def _quiet_open_clip():
         root.setLevel(level)
 
 
-def load_backbone(name: str, pretrained: str | None = None, seed: int | None = 0) -> Backbone:
+def load_backbone(name: str, pretrained: str | None = None, seed: int | None = 0,
+                  crop_scale: float | None = None) -> Backbone:
     """An open_clip backbone by name.
 
     ``pretrained``: an open_clip tag (e.g. ``laion2b_s34b_b79k``; downloads, so it needs a network and
     ``HF_HUB_OFFLINE`` unset), a local weights file (an open_clip/OpenAI state dict), or None (random
     init, reproducible from ``seed``).  A trainer checkpoint folder is loaded with
-    :func:`trainer.checkpoint.load_trained`.
+    :func:`trainer.checkpoint.load_trained`.  ``crop_scale``: the smallest area fraction of the training
+    transform's RandomResizedCrop (open_clip's default, None, is 0.9).
     """
     import open_clip
 
@@ -147,7 +149,8 @@ def load_backbone(name: str, pretrained: str | None = None, seed: int | None = 0
         raise FileNotFoundError(f"pretrained weights file not found: {pretrained}")
     with seeded(seed), _quiet_open_clip():
         model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, output_dict=True)
+            name, pretrained=pretrained, output_dict=True,
+            aug_cfg=None if crop_scale is None else {"scale": (crop_scale, 1.0)})
         tokenizer = open_clip.get_tokenizer(name)
     return Backbone(
         model=model, preprocess_train=preprocess_train, preprocess_eval=preprocess_eval, tokenizer=tokenizer,

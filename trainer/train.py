@@ -257,7 +257,7 @@ def decoder(cfg: TrainConfig, mode: str, index_uri: str, state, backbone: str | 
 
         return LookupFeatures, dict(features_uri=features[0], dim=features[1],
                                     with_distractor=cfg.distractor_negatives, counter=state)
-    bb = load_backbone(_model_name(cfg, backbone), None)  # transforms and tokenizer only
+    bb = load_backbone(_model_name(cfg, backbone), None, crop_scale=cfg.crop_scale)  # transforms, tokenizer
     kwargs = dict(index_uri=index_uri, transform=bb.preprocess_train, tokenizer=bb.tokenizer, seed=cfg.seed,
                   image_size=bb.image_size, context_length=bb.context_length, counter=state)
     if mode == "clip":
