@@ -7,7 +7,8 @@ from cluster.config import option, required, validate_fields
 from evaluator.genecis_data import BenchmarkLayout
 
 BASELINE_HEADS: tuple[str, ...] = ("image_only", "text_only", "image_plus_text")
-ALL_HEADS: tuple[str, ...] = (*BASELINE_HEADS, "combiner")
+ALL_HEADS: tuple[str, ...] = (*BASELINE_HEADS, "combiner", "combiner_plus_image")
+COMBINER_HEADS: tuple[str, ...] = ("combiner", "combiner_plus_image")
 
 
 class EvalConfigError(ValueError):
@@ -30,6 +31,8 @@ class EvalConfig:
     checkpoint: str | None = option(None, "a trainer run or checkpoint folder (its backbone, and its Combiner "
                                           "for the combiner head)", uri=True)
     heads: str = option(",".join(BASELINE_HEADS), f"comma-separated heads, of {','.join(ALL_HEADS)}")
+    reference_weight: float = option(0.1, "w of the combiner_plus_image head: it ranks by Combiner similarity "
+                                          "+ w x image-only similarity (late fusion)", min=0.0)
     skip_missing: bool = option(False, "count and skip templates whose image is missing or unreadable "
                                        "instead of failing")
     max_templates: int = option(0, "score only the first N templates of each task (0 = all)", min=0)
@@ -55,8 +58,9 @@ class EvalConfig:
         unknown = [h for h in self.head_list if h not in ALL_HEADS]
         if unknown or not self.head_list:
             raise EvalConfigError(f"unknown heads {unknown} in --heads {self.heads!r}; choose from {ALL_HEADS}")
-        if "combiner" in self.head_list and not self.checkpoint:
-            raise EvalConfigError("head 'combiner' needs --checkpoint (a trainer run or checkpoint with a Combiner)")
+        if self.needs_combiner and not self.checkpoint:
+            raise EvalConfigError(f"heads {'/'.join(COMBINER_HEADS)} need --checkpoint (a trainer run or "
+                                  "checkpoint with a Combiner)")
         if self.checkpoint and self.pretrained:
             raise EvalConfigError("--pretrained and --checkpoint are exclusive: the checkpoint holds the weights")
         validate_fields(self)
@@ -64,6 +68,10 @@ class EvalConfig:
     @property
     def head_list(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(h.strip() for h in self.heads.split(",") if h.strip()))
+
+    @property
+    def needs_combiner(self) -> bool:
+        return any(h in COMBINER_HEADS for h in self.head_list)
 
     def layout(self) -> BenchmarkLayout:
         if self.benchmark:

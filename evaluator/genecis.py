@@ -58,7 +58,7 @@ def run(cfg: EvalConfig, in_process: bool = False) -> dict[str, Any]:
     bad: dict[Item, tuple[str, str]] = {it: ("missing_image", "") for it in missing}
     P.bad_items(bad, templates, reader.uri, cfg.skip_missing)  # without --skip-missing: fails here
     spec = ModelSpec(cfg.model, cfg.pretrained, cfg.checkpoint)
-    check_model(spec, "combiner" in cfg.head_list)
+    check_model(spec, cfg.needs_combiner)
     out = storage.require_writable(cfg.output)
     pin_config(out, cfg, "GeneCIS evaluation", inputs={
         "annotations": storage.identity([storage.resolve(u) for u in files.values()]),
@@ -96,7 +96,8 @@ def run(cfg: EvalConfig, in_process: bool = False) -> dict[str, Any]:
     plan = build_plan(templates, drop)
     images = _table([item_emb[it] for it in plan.items], model.backbone.embed_dim)
     texts = _table([text_emb[t] for t in plan.texts], model.backbone.embed_dim)
-    ranks = {h: score_head(h, plan, images, texts, model.combiner) for h in cfg.head_list}
+    ranks = {h: score_head(h, plan, images, texts, model.combiner, cfg.reference_weight)
+             for h in cfg.head_list}
     heads = summarize(ranks, plan)
     t_score = time.monotonic()
 

@@ -11,7 +11,7 @@ import math
 from PIL import Image, ImageDraw, ImageFont
 
 from evaluator.tasks import TASKS
-from evaluator.report import HEAD_TITLES, TASK_TITLES, ordered_heads
+from evaluator.report import TASK_TITLES, head_title, ordered_heads
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 GRID, AXIS, TEXT = (225, 225, 225), (60, 60, 60), (20, 20, 20)
@@ -94,7 +94,7 @@ def r1_by_task_png(results: dict) -> bytes:
         if g < len(tasks):
             _dashed(draw, panel.x(start), panel.x(start + 0.8 / len(groups)), panel.y(chance[g]))
         panel.xlabel((g + 0.5) / len(groups), TASK_TITLES.get(group, "Average"))
-    _legend(draw, panel.box[2] + 15, 60, [HEAD_TITLES.get(h, h) for h in heads], chance=True)
+    _legend(draw, panel.box[2] + 15, 60, [head_title(h, results) for h in heads], chance=True)
     return _png(img)
 
 
@@ -115,7 +115,7 @@ def recall_at_k_png(results: dict) -> bytes:
             draw.line(pts, fill=colour, width=3)
             for px, py in pts:
                 draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-    _legend(draw, 60 + 260 * len(tasks), 60, [HEAD_TITLES.get(h, h) for h in heads])
+    _legend(draw, 60 + 260 * len(tasks), 60, [head_title(h, results) for h in heads])
     return _png(img)
 
 

@@ -13,7 +13,15 @@ from evaluator.tasks import TASKS
 TASK_TITLES = {"focus_attribute": "Focus Attribute", "change_attribute": "Change Attribute",
                "focus_object": "Focus Object", "change_object": "Change Object"}
 HEAD_TITLES = {"image_only": "Image Only", "text_only": "Text Only", "image_plus_text": "Image + Text",
-               "combiner": "Combiner"}
+               "combiner": "Combiner", "combiner_plus_image": "Combiner + w·Image"}
+
+
+def head_title(head: str, results: dict) -> str:
+    """A head's table title; the late-fusion head shows its weight (``Combiner + 0.1·Image``)."""
+    w = results.get("config", {}).get("reference_weight")
+    if head == "combiner_plus_image" and w is not None:
+        return f"Combiner + {w:g}·Image"
+    return HEAD_TITLES.get(head, head)
 
 # Paper Table 2 (RN50x4), R@1 %: focus attr, change attr, focus obj, change obj, average.
 PAPER_RN50X4: dict[str, tuple[str, tuple[float, float, float, float, float]]] = {
@@ -80,7 +88,7 @@ def results_markdown(results: dict) -> str:
              header, rule]
     for head in ordered_heads(results):
         entry = results["heads"][head]
-        lines.append(f"| {HEAD_TITLES.get(head, head)} (ours) | "
+        lines.append(f"| {head_title(head, results)} (ours) | "
                      + " | ".join(_cell(entry[t]["r1"]) for t in tasks) + f" | **{entry['average_r1']:.1f}** |")
         paper = paper_row(head, model)
         if paper is not None:
@@ -93,7 +101,7 @@ def results_markdown(results: dict) -> str:
               "|---" * (len(tasks) + 1) + "|"]
     for head in ordered_heads(results):
         entry = results["heads"][head]
-        lines.append(f"| {HEAD_TITLES.get(head, head)} | " + " | ".join(
+        lines.append(f"| {head_title(head, results)} | " + " | ".join(
             f"{entry[t]['r1']:.1f} / {entry[t]['r2']:.1f} / {entry[t]['r3']:.1f}" for t in tasks) + " |")
     lines += ["", "## Templates and encodes", "", "| Task | Templates scored | Skipped |", "|---|---|---|"]
     for t in tasks:

@@ -1,7 +1,7 @@
 """Scoring every template from the embedding tables (GENECIS.md §4.3), Ray-free.
 
-Per template: ``q = combine(head, ref_raw, txt_raw)`` (the trainer's one seam, L2-normalised), the
-candidates' features are normalised, ``sims = cand @ q`` and the target (candidate 0) is ranked
+Per template: ``q = combine(head, ref_raw, txt_raw, combiner, reference_weight)`` (the trainer's one seam,
+L2-normalised), the candidates' features are normalised, ``sims = cand @ q`` and the target (candidate 0) is ranked
 pessimistically (:mod:`evaluator.metrics`).  Templates are scored in chunks so memory stays bounded.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def task_similarities(head: str, index: TaskIndex, images: np.ndarray, texts: np.ndarray,
-                      combiner=None, chunk: int = 1024) -> np.ndarray:
+                      combiner=None, chunk: int = 1024, reference_weight: float = 0.0) -> np.ndarray:
     """``[T, C]`` cosine similarities of each template's candidates with its query (-inf on padding)."""
     import torch
 
@@ -30,7 +30,8 @@ def task_similarities(head: str, index: TaskIndex, images: np.ndarray, texts: np
         hi = min(lo + chunk, len(index))
         with torch.inference_mode():
             q = combine(head, torch.from_numpy(images[index.reference[lo:hi]]).float(),
-                        torch.from_numpy(texts[index.text[lo:hi]]).float(), combiner).numpy()
+                        torch.from_numpy(texts[index.text[lo:hi]]).float(), combiner,
+                        reference_weight).numpy()
         cand = unit[np.maximum(index.candidates[lo:hi], 0)]  # [t, C, D]
         out[lo:hi] = np.einsum("tcd,td->tc", cand, q)
     out[~index.valid] = -np.inf
@@ -38,9 +39,10 @@ def task_similarities(head: str, index: TaskIndex, images: np.ndarray, texts: np
 
 
 def score_head(head: str, plan: EncodePlan, images: np.ndarray, texts: np.ndarray,
-               combiner=None) -> dict[str, np.ndarray]:
+               combiner=None, reference_weight: float = 0.0) -> dict[str, np.ndarray]:
     """Target ranks of every template of every task for one head."""
-    return {task: target_ranks(task_similarities(head, idx, images, texts, combiner), idx.valid)
+    return {task: target_ranks(task_similarities(head, idx, images, texts, combiner,
+                                                 reference_weight=reference_weight), idx.valid)
             for task, idx in plan.tasks.items()}
 
 

@@ -20,7 +20,7 @@ from evaluator.metrics import chance_recall, recall_at_k, target_ranks
 from evaluator.plan import build_plan
 from evaluator.protocol import MissingImageError, UnfinishedRunError, bad_items, discover_tasks, read_results
 from evaluator.report import paper_backbone, paper_row, results_markdown
-from evaluator.scoring import score_head, summarize
+from evaluator.scoring import score_head, summarize, task_similarities
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT.parent / "shared" / "genecis" / "annotations"
@@ -138,6 +138,37 @@ def test_scoring_goes_through_combine_and_ranks_pessimistically():
     assert heads["image_only"]["average_r1"] == 50.0
 
 
+def test_reference_weight_ranks_by_combiner_plus_w_times_image_similarity():
+    """Late fusion: cosine with normalize(q + w*unit(ref)) orders candidates as sim_comb + w*sim_image."""
+    import torch
+
+    from trainer.model import Combiner
+
+    rng = np.random.default_rng(0)
+    templates = {"focus_object": [_tpl(3 * k, 3 * k + 1, [3 * k + 2, 100 + k, 200 + k], f"t{k}")
+                                  for k in range(40)]}
+    plan = build_plan(templates)
+    images = rng.normal(size=(len(plan.items), 16)).astype(np.float32)
+    texts = rng.normal(size=(len(plan.texts), 16)).astype(np.float32)
+    torch.manual_seed(0)
+    comb = Combiner(16, projection_dim=8).eval()
+    idx = plan.tasks["focus_object"]
+    s_comb = task_similarities("combiner", idx, images, texts, comb)
+    s_img = task_similarities("image_only", idx, images, texts)
+    for w in (0.5, 3.0):
+        fused = task_similarities("combiner_plus_image", idx, images, texts, comb, reference_weight=w)
+        assert (np.argsort(-fused, axis=1) == np.argsort(-(s_comb + w * s_img), axis=1)).all()
+        ranks = score_head("combiner_plus_image", plan, images, texts, comb, reference_weight=w)["focus_object"]
+        assert ranks.tolist() == target_ranks(s_comb + w * s_img, idx.valid).tolist()
+    huge = score_head("combiner_plus_image", plan, images, texts, comb, reference_weight=1e4)["focus_object"]
+    assert huge.tolist() == score_head("image_only", plan, images, texts)["focus_object"].tolist()
+    assert not (task_similarities("combiner", idx, images, texts, comb, reference_weight=w) - s_comb).any()
+    with pytest.raises(ValueError, match="reference-weight"):
+        EvalConfig(model="tiny", output="o", benchmark="b", reference_weight=-0.1)
+    with pytest.raises(EvalConfigError, match="need --checkpoint"):
+        EvalConfig(model="tiny", output="o", benchmark="b", heads="image_only,combiner_plus_image")
+
+
 # --------------------------------------------------------------------------------------- bad input
 def test_bad_items_error_names_task_template_and_path_or_counts_skips():
     templates = {"focus_object": [_tpl(0, 1, [2, 3], "a"), _tpl(1, 4, [3, 5], "b")],
@@ -162,7 +193,7 @@ def test_config_rules():
         EvalConfig(model="tiny", output="/o")
     with pytest.raises(EvalConfigError, match="unknown heads"):
         EvalConfig(model="tiny", output="/o", benchmark="/b", heads="image_only,bogus")
-    with pytest.raises(EvalConfigError, match="needs --checkpoint"):
+    with pytest.raises(EvalConfigError, match="need --checkpoint"):
         EvalConfig(model="tiny", output="/o", benchmark="/b", heads="combiner")
     cfg = EvalConfig(model="tiny", output="/o", annotations="/a", coco_root="/c", vg_root="/v",
                      heads="text_only, image_only,text_only")
@@ -277,3 +308,6 @@ def test_report_puts_paper_numbers_beside_ours_only_for_the_papers_backbone():
     md = results_markdown(results)
     assert "| Image Only (ours) | 10.0 | **10.0** |" in md and "| CLIP Image only | 9.3 | 11.5 |" in md
     assert md.index("Image Only (ours)") < md.index("Text Only (ours)")  # the paper's row order
+    fused = {**results, "config": {"reference_weight": 0.1},
+             "heads": {"combiner_plus_image": {"focus_object": task, "average_r1": 10.0}}}
+    assert "| Combiner + 0.1·Image (ours) | 10.0 | **10.0** |" in results_markdown(fused)

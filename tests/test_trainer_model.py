@@ -65,11 +65,19 @@ def test_combine_heads():
     assert not torch.allclose(avg, F.normalize(F.normalize(img, dim=-1) + F.normalize(txt, dim=-1), dim=-1))
     comb = Combiner(8, projection_dim=4).eval()
     assert torch.equal(combine("combiner", img, txt, comb), comb(img, txt))
-    with pytest.raises(ValueError):
-        combine("combiner", img, txt)
+    fused = combine("combiner_plus_image", img, txt, comb, reference_weight=0.7)
+    assert torch.allclose(fused, F.normalize(comb(img, txt) + 0.7 * F.normalize(img, dim=-1), dim=-1))
+    assert torch.allclose(fused.norm(dim=-1), torch.ones(3))
+    # the weight is the late-fusion head's only: the pure Combiner and the baselines ignore it
+    assert torch.equal(combine("combiner", img, txt, comb, reference_weight=0.7), comb(img, txt))
+    assert torch.equal(combine("image_plus_text", img, txt, reference_weight=0.7), avg)
+    assert torch.allclose(combine("combiner_plus_image", img, txt, comb, reference_weight=0.0), comb(img, txt))
+    for head in ("combiner", "combiner_plus_image"):
+        with pytest.raises(ValueError, match="needs a Combiner"):
+            combine(head, img, txt)
     with pytest.raises(ValueError):
         combine("sum", img, txt)
-    assert HEADS == ("image_only", "text_only", "image_plus_text", "combiner")
+    assert HEADS == ("image_only", "text_only", "image_plus_text", "combiner", "combiner_plus_image")
 
 
 @pytest.fixture(scope="module")

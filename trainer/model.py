@@ -33,7 +33,8 @@ TINY_RN_CONFIG: dict[str, Any] = {
 }
 LOCAL_CONFIGS: dict[str, dict[str, Any]] = {"tiny": TINY_CONFIG, "tiny-rn": TINY_RN_CONFIG}
 
-HEADS = ("image_only", "text_only", "image_plus_text", "combiner")
+HEADS = ("image_only", "text_only", "image_plus_text", "combiner", "combiner_plus_image")
+COMBINER_HEADS = ("combiner", "combiner_plus_image")
 FINETUNE_MODES = ("frozen", "image", "text", "whole")
 
 
@@ -234,11 +235,14 @@ class Combiner(nn.Module):
 
 
 def combine(head: str, image_feats: torch.Tensor, text_feats: torch.Tensor,
-            combiner: Combiner | None = None) -> torch.Tensor:
+            combiner: Combiner | None = None, reference_weight: float = 0.0) -> torch.Tensor:
     """The query of a head from RAW features, L2-normalised (GENECIS.md §2.3).
 
     ``image_only``: normalize(img); ``text_only``: normalize(txt); ``image_plus_text``:
-    normalize(0.5·img + 0.5·txt) of the raw features; ``combiner``: the trained Combiner.
+    normalize(0.5·img + 0.5·txt) of the raw features; ``combiner``: the trained Combiner;
+    ``combiner_plus_image``: the late fusion normalize(combiner(img, txt) + w·normalize(img)) with
+    w = ``reference_weight``, whose cosine ranks candidates by Combiner similarity + w × image-only
+    similarity (the prior that the target looks like the reference, which mined triplets do not teach).
     """
     if head == "image_only":
         return F.normalize(image_feats, dim=-1)
@@ -246,8 +250,11 @@ def combine(head: str, image_feats: torch.Tensor, text_feats: torch.Tensor,
         return F.normalize(text_feats, dim=-1)
     if head == "image_plus_text":
         return F.normalize(0.5 * image_feats + 0.5 * text_feats, dim=-1)
-    if head == "combiner":
+    if head in COMBINER_HEADS:
         if combiner is None:
-            raise ValueError("head 'combiner' needs a Combiner")
-        return combiner(image_feats, text_feats)
+            raise ValueError(f"head {head!r} needs a Combiner")
+        query = combiner(image_feats, text_feats)
+        if head == "combiner_plus_image":
+            query = F.normalize(query + reference_weight * F.normalize(image_feats, dim=-1), dim=-1)
+        return query
     raise ValueError(f"unknown head {head!r}; one of {HEADS}")
