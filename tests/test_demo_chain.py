@@ -22,7 +22,7 @@ from cluster.pipeline import STAGES
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("focus_attribute", "change_attribute", "focus_object", "change_object")
-HEADS = ("image_only", "text_only", "image_plus_text", "combiner")
+HEADS = ("image_only", "text_only", "image_plus_text", "combiner", "combiner_plus_image")
 SMALLER = {  # overlays the demo's `quick` section
     "world": {"images": 300, "shard_size": 150},
     "mine": {"num_triplets": 200, "shard_bytes": 20000, "triplets_per_shard": 400, "parse_workers": 1},

@@ -53,7 +53,8 @@ def test_demo_wiring_hands_each_output_to_the_next_stage():
     assert c["combiner"].images == run.path("world") and c["combiner"].backbone == run.path("runs", "clip")
     assert c["evaluate"].benchmark == run.path("benchmark")
     assert c["evaluate"].checkpoint == run.path("runs", "combiner")
-    assert c["evaluate"].head_list == ("image_only", "text_only", "image_plus_text", "combiner")
+    assert c["evaluate"].head_list == ("image_only", "text_only", "image_plus_text", "combiner", "combiner_plus_image")
+    assert c["evaluate"].reference_weight == 0.1
 
 
 def test_cc3m_config_is_genecis():
