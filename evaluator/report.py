@@ -23,6 +23,7 @@ def head_title(head: str, results: dict) -> str:
         return f"Combiner + {w:g}·Image"
     return HEAD_TITLES.get(head, head)
 
+
 # Paper Table 2 (RN50x4), R@1 %: focus attr, change attr, focus obj, change obj, average.
 PAPER_RN50X4: dict[str, tuple[str, tuple[float, float, float, float, float]]] = {
     "image_only": ("CLIP Image only", (17.7, 11.9, 9.3, 7.2, 11.5)),
