@@ -5,10 +5,7 @@ from dataclasses import dataclass
 
 from cluster.config import option, required, validate_fields
 from evaluator.genecis_data import BenchmarkLayout
-
-BASELINE_HEADS: tuple[str, ...] = ("image_only", "text_only", "image_plus_text")
-ALL_HEADS: tuple[str, ...] = (*BASELINE_HEADS, "combiner", "combiner_plus_image")
-COMBINER_HEADS: tuple[str, ...] = ("combiner", "combiner_plus_image")
+from trainer.heads import BASELINE_HEADS, COMBINER_HEADS, HEADS
 
 
 class EvalConfigError(ValueError):
@@ -30,7 +27,7 @@ class EvalConfig:
     pretrained: str | None = option(None, "open_clip pretrained tag or a local weights file")
     checkpoint: str | None = option(None, "a trainer run or checkpoint folder (its backbone, and its Combiner "
                                           "for the combiner head)", uri=True)
-    heads: str = option(",".join(BASELINE_HEADS), f"comma-separated heads, of {','.join(ALL_HEADS)}")
+    heads: str = option(",".join(BASELINE_HEADS), f"comma-separated heads, of {','.join(HEADS)}")
     reference_weight: float = option(0.1, "w of the combiner_plus_image head: it ranks by Combiner similarity "
                                           "+ w x image-only similarity (late fusion)", min=0.0)
     skip_missing: bool = option(False, "count and skip templates whose image is missing or unreadable "
@@ -55,9 +52,9 @@ class EvalConfig:
             raise EvalConfigError("give --benchmark or --annotations/--coco-root/--vg-root, not both")
         if not self.benchmark and not all(data):
             raise EvalConfigError("give --benchmark URI, or all of --annotations, --coco-root and --vg-root")
-        unknown = [h for h in self.head_list if h not in ALL_HEADS]
+        unknown = [h for h in self.head_list if h not in HEADS]
         if unknown or not self.head_list:
-            raise EvalConfigError(f"unknown heads {unknown} in --heads {self.heads!r}; choose from {ALL_HEADS}")
+            raise EvalConfigError(f"unknown heads {unknown} in --heads {self.heads!r}; choose from {HEADS}")
         if self.needs_combiner and not self.checkpoint:
             raise EvalConfigError(f"heads {'/'.join(COMBINER_HEADS)} need --checkpoint (a trainer run or "
                                   "checkpoint with a Combiner)")

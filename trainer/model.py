@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.heads import COMBINER_HEADS, HEADS
+
 # The project's CPU model (≈7.8M parameters, 6.3M of them the token embedding).
 TINY_CONFIG: dict[str, Any] = {
     "embed_dim": 128,
@@ -33,8 +35,6 @@ TINY_RN_CONFIG: dict[str, Any] = {
 }
 LOCAL_CONFIGS: dict[str, dict[str, Any]] = {"tiny": TINY_CONFIG, "tiny-rn": TINY_RN_CONFIG}
 
-HEADS = ("image_only", "text_only", "image_plus_text", "combiner", "combiner_plus_image")
-COMBINER_HEADS = ("combiner", "combiner_plus_image")
 FINETUNE_MODES = ("frozen", "image", "text", "whole")
 
 
