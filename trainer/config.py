@@ -46,7 +46,8 @@ class TrainConfig:
                                     "2 CPUs)", runtime=True, min=0.0)
     max_steps: int = option(1000, "optimisation steps of the whole run", min=1)
     batch_size: int = option(64, "GLOBAL batch size (split evenly over workers)", min=1)
-    precision: str = option("auto", "auto = bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
+    precision: str = option("auto", "auto = bf16 autocast on GPU, fp32 on CPU; bf16 = bf16 autocast on either; "
+                             "fp16 = fp16 + GradScaler (GPU only)", choices=PRECISIONS)
     lr: float = option(1e-6, "AdamW learning rate", min=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0)
     beta1: float = option(0.9, "AdamW beta1", min=0.0, max=1.0)

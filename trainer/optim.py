@@ -8,7 +8,9 @@ Deliberate deviations from the released GeneCIS code (GENECIS.md §3.2–3.3), a
   ``grad_clip``.  Without a GradScaler (fp32, bf16) there is nothing to unscale.
 * **Cosine per step** (with optional linear warm-up) to ``min_lr`` over ``max_steps``, instead of one
   cosine step per epoch: the same curve, sampled finely, and independent of how a run is cut into epochs.
-* **AMP only on GPU**: bf16 autocast by default there (fp16 + GradScaler on request); fp32 on CPU.
+* **AMP by request on CPU**: ``auto`` is bf16 autocast on GPU and fp32 on CPU; ``bf16`` autocasts on
+  either (CPUs with bf16 instructions run the convolutions and matmuls ~1.4x faster); fp16 + GradScaler
+  is GPU only.
 """
 from __future__ import annotations
 
@@ -62,11 +64,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) -
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision on a device; None = plain fp32 (always on CPU)."""
+    """The autocast dtype of a precision on a device; None = plain fp32 (``auto`` on CPU)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    if device.type != "cuda" or precision == "fp32":
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a GPU (its GradScaler is CUDA's); use bf16 or fp32 on CPU")
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
