@@ -13,6 +13,7 @@ from miner.concreteness import parse_overrides
 from miner.readers import FORMATS
 
 KINDS = ("change_object", "focus_object", "change_attribute", "focus_attribute")
+CHANGE_OBJECT_CONDITIONS = ("predicate_object", "object")
 # Counts ("two dogs", "3 cats") are not attributes in the sense of GeneCIS's attribute tasks (VAW has no
 # count type), so the attribute kinds leave them out unless asked; untyped values ("wet", "empty") stay.
 DEFAULT_ATTRIBUTE_TYPES = tuple(t for t in ATTRIBUTE_TYPES if t != "count") + (UNTYPED,)
@@ -65,6 +66,10 @@ class MinerConfig:
     concreteness_overrides: tuple[str, ...] = option(
         (), "WORD=SCORE entries replacing the table's score of WORD (for a corpus whose objects the table "
             "rates as abstract, e.g. the procedural world's shapes)")
+    change_object_condition: str = option(
+        "predicate_object", "condition text of change_object triplets: 'predicate_object' is GeneCIS's (\"on "
+        "canvas\", GENECIS.md §1.3); 'object' keeps the object alone (\"canvas\"), the form of the benchmark's "
+        "change-object conditions (COCO nouns such as \"wall\")", choices=CHANGE_OBJECT_CONDITIONS)
     max_draws: int = option(10_000, "concreteness re-draws before a triplet is counted as failed", min=1)
     val_fraction: float = option(0.1, "the first fraction of each kind's triplets is the validation split",
                                  min=0.0)

@@ -358,9 +358,11 @@ def _concat_sorted(*tables: pa.Table) -> pa.Table:
     return pa.concat_tables(tables).sort_by("caption_id")
 
 
-def _write(out_uri: str, chunk: T.Chunk, samples, tables: T.MiningTables, vocabs, scores, captions) -> dict:
+def _write(out_uri: str, chunk: T.Chunk, samples, tables: T.MiningTables, vocabs, scores, captions,
+           change_object_condition: str) -> dict:
     out = storage.resolve(out_uri)
-    table = T.triplet_table(chunk.kind, chunk.split, samples, tables.table(chunk.kind), vocabs, scores, captions)
+    table = T.triplet_table(chunk.kind, chunk.split, samples, tables.table(chunk.kind), vocabs, scores, captions,
+                            change_object_condition)
     stats = {"requested": chunk.hi - chunk.lo, "failed": int((~samples["ok"]).sum()),
              "target_fallback": int(samples["fallback"][samples["ok"]].sum()),
              "mean_draws": float(samples["draws"].mean()) if len(samples["draws"]) else 0.0}
@@ -397,7 +399,7 @@ def _resolve_and_write(cfg, out, graphs, paths, chunks, samples, tables_ref, voc
     lookups = [ray.remote(_lookup).remote(p, graphs.fs, needed) for p in paths]
     captions = ray.remote(_concat_sorted).remote(*lookups)
     write = ray.remote(_write)
-    refs = {write.remote(out.uri, c, s, tables_ref, vocabs_ref, scores_ref, captions): c
+    refs = {write.remote(out.uri, c, s, tables_ref, vocabs_ref, scores_ref, captions, cfg.change_object_condition): c
             for c, s in zip(chunks, samples)}
     prog = Progress(f"mine {kind}", sum(c.hi - c.lo for c in chunks), "triplets", cfg.progress_interval_s,
                     emit=log.info)

@@ -148,12 +148,15 @@ def caption_ids_of(samples: dict[str, np.ndarray], table: dict[str, np.ndarray])
 
 
 def conditions(kind: str, samples: dict[str, np.ndarray], table: dict[str, np.ndarray], vocabs: Vocabs,
-               scores: Scores) -> pa.Array:
-    """The condition text of each triplet (GENECIS.md §1.3: "predicate object" for change_object)."""
+               scores: Scores, change_object_condition: str = "predicate_object") -> pa.Array:
+    """The condition text of each triplet (GENECIS.md §1.3: "predicate object" for change_object, or the
+    object alone with ``change_object_condition="object"``)."""
     tgt = samples["target"]
     if kind == "change_object":
-        pred = pc.take(vocabs.predicate, pa.array(table["predicate"][tgt]))
         obj = pc.take(vocabs.entity, pa.array(table["object"][tgt]))
+        if change_object_condition == "object":
+            return obj
+        pred = pc.take(vocabs.predicate, pa.array(table["predicate"][tgt]))
         return pc.binary_join_element_wise(pred, obj, " ")
     if kind == "focus_object":
         return pc.take(vocabs.entity, pa.array(table["object"][tgt]))
@@ -163,7 +166,8 @@ def conditions(kind: str, samples: dict[str, np.ndarray], table: dict[str, np.nd
 
 
 def triplet_table(kind: str, split: str, samples: dict[str, np.ndarray], table: dict[str, np.ndarray],
-                  vocabs: Vocabs, scores: Scores, captions: pa.Table) -> pa.Table:
+                  vocabs: Vocabs, scores: Scores, captions: pa.Table,
+                  change_object_condition: str = "predicate_object") -> pa.Table:
     """Resolve sampled rows into the output schema; failed samples are dropped (and counted by the caller)."""
     ok = samples["ok"]
     samples = {k: v[ok] for k, v in samples.items()}
@@ -183,7 +187,7 @@ def triplet_table(kind: str, split: str, samples: dict[str, np.ndarray], table: 
         cols[f"{name}_key"] = pc.take(captions.column("key"), pa.array(pos))
         cols[f"{name}_url"] = pc.take(captions.column("url"), pa.array(pos))
         cols[f"{name}_caption_id"] = pa.array(table["caption_id"][rows], pa.int64())
-    cols["condition"] = conditions(kind, samples, table, vocabs, scores)
+    cols["condition"] = conditions(kind, samples, table, vocabs, scores, change_object_condition)
     cols["subject"] = pc.take(ent, pa.array(table["subject"][samples["ref"]]))
     cols["ref_object"] = pc.take(obj_vocab, pa.array(table["object"][samples["ref"]]))
     cols["target_subject"] = pc.take(ent, pa.array(table["subject"][samples["target"]]))

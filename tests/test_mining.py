@@ -385,3 +385,20 @@ def test_guide_table_matches_inverse_cdf():
     np.testing.assert_array_equal(cat.pick(r), np.searchsorted(cat.cum, r, side="right"))
     single = _Categorical.build(np.array([7]))
     assert (single.pick(np.arange(7)) == 0).all()
+
+
+def test_change_object_condition_is_predicate_object_or_the_object_alone():
+    from cluster.config import ConfigError
+    from miner.config import MinerConfig
+    from miner.triplets import Scores, Vocabs, conditions
+
+    vocabs = Vocabs.from_names({"entity": ["canvas", "dog", "horse"], "predicate": ["of", "on"], "value": ["red"]})
+    table = {"predicate": np.array([1, 0]), "object": np.array([0, 2])}  # "on canvas", "of horse"
+    samples = {"target": np.array([0, 1])}
+    scores = Scores.build(vocabs, None)
+    assert conditions("change_object", samples, table, vocabs, scores).to_pylist() == ["on canvas", "of horse"]
+    assert conditions("change_object", samples, table, vocabs, scores, "object").to_pylist() == ["canvas", "horse"]
+    assert conditions("focus_object", samples, table, vocabs, scores, "object").to_pylist() == ["canvas", "horse"]
+    assert MinerConfig(input="x", output="y").change_object_condition == "predicate_object"  # GeneCIS's rule
+    with pytest.raises(ConfigError, match="change-object-condition"):
+        MinerConfig(input="x", output="y", change_object_condition="subject")

@@ -190,6 +190,36 @@ def test_feature_cache_encodes_once_and_matches_the_backbone(images, tiny, tmp_p
     np.testing.assert_array_equal(out["text"][0], feats[5])
     assert out["distractor_valid"].tolist() == [False, False]  # none; the target itself
     assert state.totals()["skipped"] == {"missing_image": 1}
+    assert "reference_valid" not in out
+
+    kinds = np.asarray(["change_object", "focus_object", "change_attribute"], object)
+    by_kind = features.LookupFeatures(str(cache), 128, reference_kinds=("change_object", "change_attribute"))
+    batch = {**_triplet_batch([7, 8, 9], ["000000", "000002", "000001"], ["000001", "000000", "000001"],
+                              ["", "", ""], ["red", "red", "blue"]), "kind": kinds}
+    # change kinds only, and never a reference that is the target image itself
+    assert by_kind(batch)["reference_valid"].tolist() == [True, False, False]
+    without_kind = {k: v for k, v in batch.items() if k != "kind"}
+    with pytest.raises(data.DataError, match="kind"):
+        by_kind(without_kind)
+
+
+def test_decoder_marks_references_of_change_kinds_as_negatives(images, tiny):
+    _, index_uri, _ = images
+    decode = data.DecodeTriplets(index_uri, tiny.preprocess_train, tiny.tokenizer, seed=0, image_size=64,
+                                 context_length=32, reference_kinds=("change_object",))
+    batch = {**_triplet_batch([0, 1, 2], ["000000", "000002", "000003"], ["000001", "000003", "000005"],
+                              ["", "", ""], ["circle", "red", "star"]),
+             "kind": np.asarray(["change_object", "change_attribute", "focus_object"], object)}
+    out = decode(batch)
+    assert out["reference_valid"].tolist() == [True, False, False]
+    assert out["ref"].shape[0] == 3
+
+
+def test_resolve_triplets_keeps_the_kind_when_asked():
+    index = data.ImageIndex(["x.tar"], pa.table({"key": ["a"], "shard": [0], "offset": [0], "size": [1]}))
+    table = pa.table({**{c: ["a"] for c in data.TRIPLET_COLUMNS}, "kind": ["change_object"]})
+    assert data.resolve_triplets(table, index)["kind"].to_pylist() == ["change_object"]
+    assert "kind" not in data.resolve_triplets(table.drop(["kind"]), index).column_names
 
 
 def test_cached_features_give_the_loss_of_the_frozen_backbone(images, tiny):
@@ -251,3 +281,24 @@ def test_crop_scale_reaches_the_training_transform(images, tmp_path):
     assert crop_of(crop_scale=0.25).scale == (0.25, 1.0)
     with pytest.raises(ConfigError, match="crop-scale"):
         ClipConfig(storage_path=str(tmp_path), name="c", captions=str(tmp_path), crop_scale=0.0)
+
+
+def test_reference_negatives_reach_the_decoder_and_refuse_focus_kinds(images, tmp_path):
+    from cluster.config import ConfigError
+    from trainer.config import CombinerConfig
+    from trainer.train import decoder
+
+    _, index_uri, _ = images
+
+    def cfg(**kw):
+        return CombinerConfig(storage_path=str(tmp_path), name="c", triplets=str(tmp_path), images=str(tmp_path),
+                              model="tiny", **kw)
+
+    _, kwargs = decoder(cfg(finetune="whole", reference_negatives=("change_object",)), "combiner", index_uri,
+                        None, None, None)
+    assert kwargs["reference_kinds"] == ("change_object",)
+    _, cached = decoder(cfg(reference_negatives=("change_attribute",)), "combiner", index_uri, None, None,
+                        (str(tmp_path), 128))
+    assert cached["reference_kinds"] == ("change_attribute",)
+    with pytest.raises(ConfigError, match="reference-negatives"):
+        cfg(reference_negatives=("focus_object",))

@@ -48,6 +48,33 @@ def test_distractor_is_extra_negative_and_masked_when_it_is_the_target():
     assert torch.allclose(g_masked, q.grad)
 
 
+def test_own_negatives_add_one_masked_column_each():
+    q, t, d, r = _unit(4, 8, 0), _unit(4, 8, 1), _unit(4, 8, 2), _unit(4, 8, 3)
+    valid = torch.tensor([True, False, True, False])
+    both = info_nce(q, t, 10.0, distractor=d, own_negatives=[(r, valid)])
+    ref_col = (10 * (q * r).sum(-1, keepdim=True)).masked_fill(~valid.view(-1, 1), float("-inf"))
+    logits = torch.cat([10 * q @ t.T, 10 * (q * d).sum(-1, keepdim=True), ref_col], 1)
+    assert torch.allclose(both, F.cross_entropy(logits, torch.arange(4)))
+    assert torch.allclose(info_nce(q, t, 10.0, own_negatives=[(d, None)]), info_nce(q, t, 10.0, distractor=d))
+    none = torch.zeros(4, dtype=torch.bool)
+    assert torch.allclose(info_nce(q, t, 10.0, own_negatives=[(r, none)]), info_nce(q, t, 10.0))
+
+
+def test_combiner_task_uses_the_reference_as_a_negative_only_where_valid():
+    torch.manual_seed(0)
+    task = CombinerTask(None, Combiner(16, projection_dim=8, dropout=0.0), temperature=0.1)
+    gen = torch.Generator().manual_seed(1)
+    ref, txt, tgt = (torch.randn(4, 16, generator=gen) for _ in range(3))
+    base, _ = task(ref, txt, tgt)
+    off, _ = task(ref, txt, tgt, reference_valid=torch.zeros(4, dtype=torch.bool))
+    on, _ = task(ref, txt, tgt, reference_valid=torch.ones(4, dtype=torch.bool))
+    assert torch.allclose(off, base) and on > base
+    query = task.combiner(ref, txt)
+    r = F.normalize(ref, dim=-1)
+    logits = torch.cat([10 * query @ F.normalize(tgt, dim=-1).T, 10 * (query * r).sum(-1, keepdim=True)], 1)
+    assert torch.allclose(on, F.cross_entropy(logits, torch.arange(4)), atol=1e-5)
+
+
 def _gather_worker(rank, world, init, out_dir):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.manual_seed(0)

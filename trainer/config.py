@@ -26,6 +26,9 @@ from trainer.model import FINETUNE_MODES
 from trainer.negatives import parse_groups
 from trainer.optim import PRECISIONS, OptimSettings
 
+# Triplet kinds whose reference lacks the condition by the mining rule (the target adds or changes it).
+REFERENCE_NEGATIVE_KINDS = ("change_object", "change_attribute")
+
 
 def _required_after_defaults(help: str):
     """A required ``--flag`` URI in a subclass (a dataclass field after defaulted ones needs a default)."""
@@ -136,11 +139,19 @@ class CombinerConfig(TrainConfig):
     symmetric: bool = option(False, "add the target -> query direction")
     distractor_negatives: bool = option(False, "use the mined distractor as an extra hard negative "
                                         "(GeneCIS encodes it but never uses it)")
+    reference_negatives: tuple[str, ...] = option(
+        (), "triplet kinds whose reference image is one more negative of its own query (e.g. change_object "
+            "change_attribute: the reference lacks the condition by the mining rule, so it is the picture the "
+            "query must not return; a focus kind's reference shows its condition, so only change kinds)")
     combiner_lr: float | None = option(None, "Combiner learning rate (default: --lr, one group as GeneCIS)",
                                        min=0.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        bad = [k for k in self.reference_negatives if k not in REFERENCE_NEGATIVE_KINDS]
+        if bad:
+            raise ConfigError(f"--reference-negatives: {bad} not in {REFERENCE_NEGATIVE_KINDS} (a focus kind's "
+                              "reference shows its condition: it is not a negative)")
         if self.backbone and self.pretrained:
             raise ValueError("give --backbone or --pretrained, not both")
 

@@ -269,19 +269,29 @@ class _Decoder:
         return decode_image(data, _seeded_transform(self.transform, self.seed, position, which))
 
 
+def reference_is_negative(batch: dict[str, np.ndarray], i: int, kinds: tuple[str, ...]) -> bool:
+    """Whether row ``i``'s reference image is a negative of its own query: its kind is one of ``kinds``
+    (change kinds: the reference lacks the condition) and it is not the target image."""
+    if "kind" not in batch:
+        raise DataError("reference negatives need the triplets' 'kind' column")
+    return str(batch["kind"][i]) in kinds and str(batch["ref"][i]) != str(batch["target"][i])
+
+
 class DecodeTriplets(_Decoder):
     """Planned triplet rows (``position, ref, target, distractor, condition``: resolved image keys) →
     ``ref, text, target[, distractor, distractor_valid], position``; bad rows dropped and counted.
     A distractor that is missing or is the target image gets ``distractor_valid`` False (never a negative)."""
 
     def __init__(self, index_uri: str, transform: Callable, tokenizer: Callable, seed: int,
-                 image_size: int, context_length: int, with_distractor: bool = False, counter=None):
+                 image_size: int, context_length: int, with_distractor: bool = False,
+                 reference_kinds: tuple[str, ...] = (), counter=None):
         super().__init__(index_uri, transform, tokenizer, seed, image_size, context_length, counter)
         self.with_distractor = with_distractor
+        self.reference_kinds = tuple(reference_kinds)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {"ref": [], "target": [], "distractor": [], "condition": [], "position": [],
-                                "distractor_valid": []}
+                                "distractor_valid": [], "reference_valid": []}
         skipped: dict[int, str] = {}
         for i, pos in enumerate(batch["position"]):
             pos = int(pos)
@@ -303,6 +313,8 @@ class DecodeTriplets(_Decoder):
                 out["distractor_valid"].append(bool(dis) and dis != tgt)
             out["condition"].append(str(batch["condition"][i]))
             out["position"].append(pos)
+            if self.reference_kinds:
+                out["reference_valid"].append(reference_is_negative(batch, i, self.reference_kinds))
         _report(self.counter, batch["position"], skipped)
         return self._stack(out)
 
@@ -316,6 +328,8 @@ class DecodeTriplets(_Decoder):
         if self.with_distractor:
             result["distractor"] = self.images(out["distractor"])
             result["distractor_valid"] = np.asarray(out["distractor_valid"], np.bool_)
+        if self.reference_kinds:
+            result["reference_valid"] = np.asarray(out["reference_valid"], np.bool_)
         return result
 
 
@@ -364,9 +378,12 @@ class DecodeCaptions(_Decoder):
 
 # ------------------------------------------------------------------------------------ row resolution
 def resolve_triplets(table: pa.Table, index: ImageIndex) -> pa.Table:
-    """Triplet rows → ``ref, target, distractor, condition`` as image keys ('' = not found)."""
+    """Triplet rows → ``ref, target, distractor, condition`` (and ``kind`` when the rows have it) as image
+    keys ('' = not found)."""
     cols = {c: table[c].to_pylist() for c in TRIPLET_COLUMNS}
     out = {"ref": [], "target": [], "distractor": [], "condition": cols["condition"]}
+    if "kind" in table.column_names:
+        out["kind"] = table["kind"].to_pylist()
     for i in range(table.num_rows):
         for role in ("ref", "target", "distractor"):
             out[role].append(image_key(cols[f"{role}_key"][i], cols[f"{role}_url"][i], index) or "")

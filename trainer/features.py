@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from trainer.data import ImageIndex, _report, decode_image, read_parquet_folder
+from trainer.data import ImageIndex, _report, decode_image, read_parquet_folder, reference_is_negative
 
 KINDS = ("image", "text")
 COLUMNS = ("kind", "item", "feature", "reason")
@@ -150,14 +150,16 @@ class FeatureTable:
 
 class LookupFeatures:
     """Planned triplet rows (``position, ref, target, distractor, condition``) → cached features
-    ``ref, text, target[, distractor, distractor_valid], position``.
+    ``ref, text, target[, distractor, distractor_valid][, reference_valid], position``.
 
     A row whose image is not in the cache is a counted skip (the driver drops those before planning,
     so this only happens when the cache and the rows disagree)."""
 
-    def __init__(self, features_uri: str, dim: int, with_distractor: bool = False, counter: Any = None):
+    def __init__(self, features_uri: str, dim: int, with_distractor: bool = False,
+                 reference_kinds: tuple[str, ...] = (), counter: Any = None):
         self.table = FeatureTable.load(features_uri, dim)
         self.with_distractor, self.counter = with_distractor, counter
+        self.reference_kinds = tuple(reference_kinds)
 
     def _usable(self, ref: str, tgt: str, dis: str, cond: str) -> str:
         images = [ref, tgt] + ([dis] if self.with_distractor and dis else [])
@@ -187,4 +189,7 @@ class LookupFeatures:
             out["distractor"] = self.table.get("image", dis)
             out["distractor_valid"] = np.asarray([bool(d) and d != t for d, t in
                                                   zip(col["distractor"], col["target"])], np.bool_)
+        if self.reference_kinds:
+            out["reference_valid"] = np.asarray([reference_is_negative(batch, i, self.reference_kinds)
+                                                 for i in keep], np.bool_)
         return out

@@ -145,13 +145,16 @@ def _batch_for(mode: str, raw: dict[str, torch.Tensor], device: torch.device) ->
     if mode == "clip":
         keys = {k: k for k in ("images", "tokens", "neg_tokens", "neg_valid") if k in raw}
     else:
-        keys = {k: k for k in ("ref", "text", "target", "distractor", "distractor_valid") if k in raw}
+        keys = {k: k for k in ("ref", "text", "target", "distractor", "distractor_valid", "reference_valid")
+                if k in raw}
     return {dst: raw[src].to(device, non_blocking=True) for dst, src in keys.items()}
 
 
-def dtypes(mode: str, hard_negatives: bool, cached_features: bool = False) -> dict[str, torch.dtype]:
+def dtypes(mode: str, hard_negatives: bool, cached_features: bool = False,
+           reference_negatives: bool = False) -> dict[str, torch.dtype]:
     """Every column of a batch and its dtype (``iter_torch_batches`` needs them all).  ``hard_negatives``:
-    the swapped captions (clip) or the mined distractors (combiner) are in the batch."""
+    the swapped captions (clip) or the mined distractors (combiner) are in the batch;
+    ``reference_negatives``: the combiner batch says which references are negatives."""
     if mode == "clip":
         out = {"images": torch.float32, "tokens": torch.int64, "position": torch.int64}
         if hard_negatives:
@@ -161,6 +164,8 @@ def dtypes(mode: str, hard_negatives: bool, cached_features: bool = False) -> di
     out = {"ref": torch.float32, "target": torch.float32, "text": text, "position": torch.int64}
     if hard_negatives:
         out.update(distractor=torch.float32, distractor_valid=torch.bool)
+    if reference_negatives:
+        out.update(reference_valid=torch.bool)
     return out
 
 
@@ -269,7 +274,8 @@ def train_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     batches: Iterator = iter(shard.iter_torch_batches(
         batch_size=cfg.batch_size // size, drop_last=True, prefetch_batches=2,
-        dtypes=dtypes(mode, config.get("hard_negatives", False), cached)))
+        dtypes=dtypes(mode, config.get("hard_negatives", False), cached,
+                      config.get("reference_negatives", False))))
     clock = StepClock()
     last_progress = clock.start
     watch = SkipWatch(cfg.max_skip_fraction, int(config.get("skipped_before", 0)))

@@ -69,13 +69,18 @@ class CombinerTask(nn.Module):
         return parts[0], txt, parts[1], parts[2] if distractor is not None else None
 
     def forward(self, ref: torch.Tensor, text: torch.Tensor, target: torch.Tensor,
-                distractor: torch.Tensor | None = None,
-                distractor_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                distractor: torch.Tensor | None = None, distractor_valid: torch.Tensor | None = None,
+                reference_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``reference_valid`` (optional, one flag per row): the reference image is one more negative of
+        its own query where True (change kinds: the reference lacks the condition)."""
         ref_f, txt_f, tgt_f, dis_f = self._encode(ref, text, target, distractor)
         query = self.combiner(ref_f.float(), txt_f.float())
         tgt = F.normalize(tgt_f.float(), dim=-1)
-        dis = F.normalize(dis_f.float(), dim=-1) if dis_f is not None else None
+        own = []
+        if dis_f is not None:
+            own.append((F.normalize(dis_f.float(), dim=-1), distractor_valid))
+        if reference_valid is not None:
+            own.append((F.normalize(ref_f.float(), dim=-1), reference_valid))
         scale = self.log_scale.exp()
-        loss = info_nce(query, tgt, scale, symmetric=self.symmetric, distractor=dis,
-                        distractor_valid=distractor_valid)
+        loss = info_nce(query, tgt, scale, symmetric=self.symmetric, own_negatives=own)
         return loss, {"temperature": float(1.0 / scale.detach())}

@@ -123,7 +123,8 @@ def training_rows(cfg: TrainConfig, mode: str, index_uri: str):
         table = data.read_parquet_folder(root, ["key", "caption"] + (["url"] if _has_url(root) else []))
         rows, dropped = data.drop_missing(data.resolve_captions(table, index), ("key",))
     else:
-        table = data.read_parquet_folder(cfg.triplets, list(data.TRIPLET_COLUMNS))
+        kind = ["kind"] if cfg.reference_negatives else []  # the miner writes it; hand-made rows may lack it
+        table = data.read_parquet_folder(cfg.triplets, list(data.TRIPLET_COLUMNS) + kind)
         rows, dropped = data.drop_missing(data.resolve_triplets(table, index), ("ref", "target"))
     if rows.num_rows + dropped == 0:
         raise data.DataError("no training rows")
@@ -256,14 +257,16 @@ def decoder(cfg: TrainConfig, mode: str, index_uri: str, state, backbone: str | 
         from trainer.features import LookupFeatures
 
         return LookupFeatures, dict(features_uri=features[0], dim=features[1],
-                                    with_distractor=cfg.distractor_negatives, counter=state)
+                                    with_distractor=cfg.distractor_negatives,
+                                    reference_kinds=cfg.reference_negatives, counter=state)
     bb = load_backbone(_model_name(cfg, backbone), None, crop_scale=cfg.crop_scale)  # transforms, tokenizer
     kwargs = dict(index_uri=index_uri, transform=bb.preprocess_train, tokenizer=bb.tokenizer, seed=cfg.seed,
                   image_size=bb.image_size, context_length=bb.context_length, counter=state)
     if mode == "clip":
         groups = parse_groups(cfg.swap_negatives) if cfg.swap_negatives else None
         return data.DecodeCaptions, {**kwargs, "swap_groups": groups}
-    return data.DecodeTriplets, {**kwargs, "with_distractor": cfg.distractor_negatives}
+    return data.DecodeTriplets, {**kwargs, "with_distractor": cfg.distractor_negatives,
+                                 "reference_kinds": cfg.reference_negatives}
 
 
 class RunDataset:
@@ -335,6 +338,7 @@ def run(cfg: TrainConfig, mode: str) -> dict[str, Any]:
     loop_config = {"mode": mode, "cfg": config_to_dict(cfg), "counter": state,
                    "metrics_uri": run_loc.child("metrics.jsonl").uri, "skipped_before": sum(skips.values()),
                    "hard_negatives": hard_negatives(cfg),
+                   "reference_negatives": bool(getattr(cfg, "reference_negatives", ())),
                    "threads": max(1, int(cfg.cpus_per_worker)), "backbone": backbone,
                    "cached_features": features is not None}
     _fit(cfg, loop_config, ds)
