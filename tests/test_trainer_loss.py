@@ -75,6 +75,27 @@ def test_combiner_task_uses_the_reference_as_a_negative_only_where_valid():
     assert torch.allclose(on, F.cross_entropy(logits, torch.arange(4)), atol=1e-5)
 
 
+def test_precision_autocasts_bf16_on_cpu_only_when_asked(tmp_path):
+    from cluster.config import ConfigError
+    from trainer.config import ClipConfig
+    from trainer.optim import autocast_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16 == autocast_dtype("auto", gpu)
+    assert autocast_dtype("fp16", gpu) == torch.float16 and autocast_dtype("fp32", gpu) is None
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(ConfigError, match="fp16 needs --use-gpu"):
+        ClipConfig(storage_path=str(tmp_path), name="c", captions=str(tmp_path), precision="fp16")
+    task = CombinerTask(None, Combiner(16, projection_dim=8, dropout=0.0), temperature=0.1)
+    gen = torch.Generator().manual_seed(1)
+    ref, txt, tgt = (torch.randn(4, 16, generator=gen) for _ in range(3))
+    with torch.autocast("cpu", dtype=autocast_dtype("bf16", cpu)):
+        loss, _ = task(ref, txt, tgt)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)  # the loss itself is computed in fp32
+
+
 def _gather_worker(rank, world, init, out_dir):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.manual_seed(0)

@@ -78,6 +78,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)  # min/max/choices hold for configs built in code too, as for the CLI
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ConfigError("--precision fp16 needs --use-gpu (its GradScaler is CUDA's); use bf16 or fp32 on CPU")
         if self.batch_size % self.num_workers:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --num-workers "
                              f"{self.num_workers}")
