@@ -32,16 +32,16 @@ def test_info_nce_matches_cross_entropy():
 def test_distractor_is_extra_negative_and_masked_when_it_is_the_target():
     q, t, d = _unit(4, 8, 0), _unit(4, 8, 1), _unit(4, 8, 2)
     base = info_nce(q, t, 10.0)
-    with_d = info_nce(q, t, 10.0, distractor=d, distractor_valid=torch.ones(4, dtype=torch.bool))
+    with_d = info_nce(q, t, 10.0, own_negatives=[(d, torch.ones(4, dtype=torch.bool))])
     assert with_d > base
     logits = torch.cat([10 * q @ t.T, 10 * (q * d).sum(-1, keepdim=True)], 1)
     assert torch.allclose(with_d, F.cross_entropy(logits, torch.arange(4)))
     # a distractor equal to the target must not push the target away: masked, the row is unchanged
     d_same = t.clone()
     valid = torch.tensor([False, False, False, False])
-    assert torch.allclose(info_nce(q, t, 10.0, distractor=d_same, distractor_valid=valid), base)
+    assert torch.allclose(info_nce(q, t, 10.0, own_negatives=[(d_same, valid)]), base)
     q.requires_grad_(True)
-    info_nce(q, t, 10.0, distractor=d_same, distractor_valid=valid).backward()
+    info_nce(q, t, 10.0, own_negatives=[(d_same, valid)]).backward()
     g_masked = q.grad.clone()
     q.grad = None
     info_nce(q, t, 10.0).backward()
@@ -51,11 +51,12 @@ def test_distractor_is_extra_negative_and_masked_when_it_is_the_target():
 def test_own_negatives_add_one_masked_column_each():
     q, t, d, r = _unit(4, 8, 0), _unit(4, 8, 1), _unit(4, 8, 2), _unit(4, 8, 3)
     valid = torch.tensor([True, False, True, False])
-    both = info_nce(q, t, 10.0, distractor=d, own_negatives=[(r, valid)])
+    both = info_nce(q, t, 10.0, own_negatives=[(d, None), (r, valid)])
     ref_col = (10 * (q * r).sum(-1, keepdim=True)).masked_fill(~valid.view(-1, 1), float("-inf"))
     logits = torch.cat([10 * q @ t.T, 10 * (q * d).sum(-1, keepdim=True), ref_col], 1)
     assert torch.allclose(both, F.cross_entropy(logits, torch.arange(4)))
-    assert torch.allclose(info_nce(q, t, 10.0, own_negatives=[(d, None)]), info_nce(q, t, 10.0, distractor=d))
+    only_d = torch.cat([10 * q @ t.T, 10 * (q * d).sum(-1, keepdim=True)], 1)
+    assert torch.allclose(info_nce(q, t, 10.0, own_negatives=[(d, None)]), F.cross_entropy(only_d, torch.arange(4)))
     none = torch.zeros(4, dtype=torch.bool)
     assert torch.allclose(info_nce(q, t, 10.0, own_negatives=[(r, none)]), info_nce(q, t, 10.0))
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from cluster.config import ConfigError, option, required, validate_fields
 
 from trainer.model import FINETUNE_MODES
 from trainer.negatives import parse_groups
-from trainer.optim import PRECISIONS, OptimSettings
+from trainer.optim import PRECISIONS, OptimSettings, autocast_dtype
 
 # Triplet kinds whose reference lacks the condition by the mining rule (the target adds or changes it).
 REFERENCE_NEGATIVE_KINDS = ("change_object", "change_attribute")
@@ -78,8 +80,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)  # min/max/choices hold for configs built in code too, as for the CLI
-        if self.precision == "fp16" and not self.use_gpu:
-            raise ConfigError("--precision fp16 needs --use-gpu (its GradScaler is CUDA's); use bf16 or fp32 on CPU")
+        try:  # the precision rule lives in autocast_dtype; here it fails before anything starts
+            autocast_dtype(self.precision, torch.device("cuda" if self.use_gpu else "cpu"))
+        except ValueError:
+            raise ConfigError(f"--precision {self.precision} needs --use-gpu (its GradScaler is CUDA's); use "
+                              "bf16 or fp32 on CPU") from None
         if self.batch_size % self.num_workers:
             raise ValueError(f"--batch-size {self.batch_size} must be a multiple of --num-workers "
                              f"{self.num_workers}")

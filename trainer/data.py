@@ -279,8 +279,9 @@ def reference_is_negative(batch: dict[str, np.ndarray], i: int, kinds: tuple[str
 
 class DecodeTriplets(_Decoder):
     """Planned triplet rows (``position, ref, target, distractor, condition``: resolved image keys) →
-    ``ref, text, target[, distractor, distractor_valid], position``; bad rows dropped and counted.
-    A distractor that is missing or is the target image gets ``distractor_valid`` False (never a negative)."""
+    ``ref, text, target[, distractor, distractor_valid][, reference_valid], position``; bad rows dropped and
+    counted.  A distractor that is missing or is the target image gets ``distractor_valid`` False (never a
+    negative); ``reference_valid`` (with ``reference_kinds``) is :func:`reference_is_negative` per row."""
 
     def __init__(self, index_uri: str, transform: Callable, tokenizer: Callable, seed: int,
                  image_size: int, context_length: int, with_distractor: bool = False,

@@ -275,7 +275,7 @@ def train_loop(config: dict[str, Any]) -> None:
     batches: Iterator = iter(shard.iter_torch_batches(
         batch_size=cfg.batch_size // size, drop_last=True, prefetch_batches=2,
         dtypes=dtypes(mode, config.get("hard_negatives", False), cached,
-                      config.get("reference_negatives", False))))
+                      bool(getattr(cfg, "reference_negatives", ())))))
     clock = StepClock()
     last_progress = clock.start
     watch = SkipWatch(cfg.max_skip_fraction, int(config.get("skipped_before", 0)))

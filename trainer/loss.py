@@ -9,6 +9,7 @@ rank instead (quirk 3); the gradients agree up to the scale Adam ignores.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -40,24 +41,22 @@ def _labels(n_local: int, device: torch.device) -> torch.Tensor:
 
 
 def info_nce(query: torch.Tensor, target: torch.Tensor, logit_scale: torch.Tensor | float, *,
-             symmetric: bool = False, distractor: torch.Tensor | None = None,
-             distractor_valid: torch.Tensor | None = None,
-             own_negatives: list[tuple[torch.Tensor, torch.Tensor | None]] = ()) -> torch.Tensor:
+             symmetric: bool = False,
+             own_negatives: Sequence[tuple[torch.Tensor, torch.Tensor | None]] = ()) -> torch.Tensor:
     """InfoNCE of L2-normalised ``query`` → ``target`` rows with the global batch's targets as negatives.
 
     ``logit_scale`` is 1/temperature (100 in GeneCIS).  ``symmetric`` adds the target → query direction.
-    ``distractor`` (optional, one row per query) adds each query's own mined distractor as one extra hard
-    negative column; rows whose ``distractor_valid`` is False (the distractor *is* the target image) get
-    that column masked to -inf, so they never push the target away.  ``own_negatives``: more such
-    (negatives, valid) pairs, one column each (the Combiner's reference negatives).  Every rank's batch
-    must be the same size.  Returns this rank's mean loss; the mean of it over ranks is the global-batch loss.
+    ``own_negatives`` are (negatives, valid) pairs, one row per query each (the Combiner's mined distractor,
+    its reference): each adds one extra hard-negative column; rows whose ``valid`` is False (e.g. the
+    distractor *is* the target image) get that column masked to -inf, so they never push the target away.
+    Every rank's batch must be the same size.  Returns this rank's mean loss; the mean of it over ranks is
+    the global-batch loss.
     """
     n_local = query.shape[0]
     labels = _labels(n_local, query.device)
     all_targets = gather_with_grad(target)
     logits = logit_scale * query @ all_targets.t()
-    own = ([(distractor, distractor_valid)] if distractor is not None else []) + list(own_negatives)
-    for negative, valid in own:
+    for negative, valid in own_negatives:
         extra = logit_scale * (query * negative).sum(dim=-1, keepdim=True)
         if valid is not None:
             extra = extra.masked_fill(~valid.bool().view(-1, 1), float("-inf"))

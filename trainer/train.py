@@ -338,7 +338,6 @@ def run(cfg: TrainConfig, mode: str) -> dict[str, Any]:
     loop_config = {"mode": mode, "cfg": config_to_dict(cfg), "counter": state,
                    "metrics_uri": run_loc.child("metrics.jsonl").uri, "skipped_before": sum(skips.values()),
                    "hard_negatives": hard_negatives(cfg),
-                   "reference_negatives": bool(getattr(cfg, "reference_negatives", ())),
                    "threads": max(1, int(cfg.cpus_per_worker)), "backbone": backbone,
                    "cached_features": features is not None}
     _fit(cfg, loop_config, ds)
