@@ -97,6 +97,40 @@ def test_precision_autocasts_bf16_on_cpu_only_when_asked(tmp_path):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)  # the loss itself is computed in fp32
 
 
+class _AttentionProbe(torch.nn.Module):
+    """A task whose forward records which attention kernel PyTorch would pick for its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(16))
+        self.kernels = []
+
+    def forward(self, x):
+        from torch.nn.attention import SDPBackend
+
+        q = (x * self.w).view(1, 2, 4, 2)
+        self.kernels.append(SDPBackend(torch._fused_sdp_choice(q, q, q)))
+        return F.scaled_dot_product_attention(q, q, q).sum(), {}
+
+
+def test_cpu_training_step_runs_attention_as_math():
+    from torch.nn.attention import SDPBackend
+
+    from trainer.optim import attention_backend
+
+    q = torch.randn(2, 4, 8, 16)
+    assert SDPBackend(torch._fused_sdp_choice(q, q, q)) == SDPBackend.FLASH_ATTENTION  # PyTorch's own choice
+    with attention_backend(torch.device("cuda")):  # GPUs keep it (the choice is made for CPU inputs here)
+        assert SDPBackend(torch._fused_sdp_choice(q, q, q)) == SDPBackend.FLASH_ATTENTION
+    task = _AttentionProbe()
+    settings = OptimSettings(lr=0.1, max_steps=2)
+    opt = build_optimizer([{"params": list(task.parameters())}], settings)
+    out = train_step(task, {"x": torch.randn(16)}, opt, build_scheduler(opt, settings), None,
+                     device=torch.device("cpu"), dtype=torch.bfloat16, grad_clip=1.0)
+    assert task.kernels == [SDPBackend.MATH] and torch.isfinite(out["loss_local"])
+    assert not torch.equal(task.w.detach(), torch.ones(16))
+
+
 def _gather_worker(rank, world, init, out_dir):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.manual_seed(0)
