@@ -70,6 +70,10 @@ class MinerConfig:
         "predicate_object", "condition text of change_object triplets: 'predicate_object' is GeneCIS's (\"on "
         "canvas\", GENECIS.md §1.3); 'object' keeps the object alone (\"canvas\"), the form of the benchmark's "
         "change-object conditions (COCO nouns such as \"wall\")", choices=CHANGE_OBJECT_CONDITIONS)
+    similar_targets: int = option(
+        0, "change kinds: the target is the most reference-like of this many valid target draws (the image "
+           "sharing the most entity names and (noun, attribute) pairs with the reference's, never the "
+           "reference's own picture); 0 = GeneCIS's first valid draw", min=0)
     max_draws: int = option(10_000, "concreteness re-draws before a triplet is counted as failed", min=1)
     val_fraction: float = option(0.1, "the first fraction of each kind's triplets is the validation split",
                                  min=0.0)
@@ -87,3 +91,6 @@ class MinerConfig:
             raise ConfigError(f"--concreteness-overrides: {err}") from None
         if not self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be < 1, got {self.val_fraction}")
+        if self.similar_targets > self.max_target_attempts:
+            raise ConfigError(f"--similar-targets {self.similar_targets} exceeds --max-target-attempts "
+                              f"{self.max_target_attempts} (the draws it ranks come from those attempts)")

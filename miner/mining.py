@@ -23,11 +23,13 @@ from numpy.typing import NDArray
 
 from miner.counter_rng import below, draw_base
 from miner.pair_index import PairIndex, build_pair_index, starts
+from miner.similarity import ImageFeatures
 
 # build_pair_index is re-exported: callers build the index that sample() takes from here
 __all__ = ["KIND_IDS", "MiningRule", "PairIndex", "Samples", "build_pair_index", "sample", "split_of",
            "val_count"]
 
+CHANGE_KINDS = ("change_object", "change_attribute")
 KIND_IDS: dict[str, int] = {
     "change_object": 1,
     "change_attribute": 2,
@@ -46,6 +48,9 @@ class MiningRule:
     ``redraw_on_target_failure`` is our switch, off by default: GeneCIS keeps the
     last draw after ``max_target_attempts`` failed tries (we flag it ``fallback``);
     when on, such a draw is rejected and redrawn like a concreteness failure.
+    ``similar_targets`` = K >= 2 is our other switch (0 = GeneCIS): a change kind's
+    target is the most reference-like of its first K valid draws, and never another
+    caption of the reference's own image (:mod:`miner.similarity`).
     """
 
     min_images_per_subject: int = 5
@@ -55,10 +60,14 @@ class MiningRule:
     max_draws: int = 10_000
     val_fraction: float = 0.1
     redraw_on_target_failure: bool = False
+    similar_targets: int = 0
 
     def __post_init__(self) -> None:
         if self.max_target_attempts < 1 or self.max_draws < 1:
             raise ValueError("max_target_attempts and max_draws must be >= 1")
+        if self.similar_targets < 0 or self.similar_targets > self.max_target_attempts:
+            raise ValueError(f"similar_targets must lie in [0, max_target_attempts = {self.max_target_attempts}], "
+                             f"got {self.similar_targets}")
         if not 0.0 <= self.val_fraction <= 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1], got {self.val_fraction}")
 
@@ -247,6 +256,7 @@ class _Ctx:
     weights: _Categorical  # over candidates, by distinct-image count
     scorer: _Scorer
     focus: _FocusAttr | None = None
+    similar: ImageFeatures | None = None  # with rule.similar_targets >= 2 (change kinds)
 
 
 def _candidate_mask(index: PairIndex, rule: MiningRule) -> NDArray[np.bool_]:
@@ -310,6 +320,7 @@ def _prepare(
     subject_score: NDArray | None,
     object_score: NDArray | None,
     object_type: NDArray | None,
+    image_features: ImageFeatures | None = None,
 ) -> _Ctx:
     if kind not in KIND_IDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(KIND_IDS)}")
@@ -334,7 +345,21 @@ def _prepare(
     if len(cand) == 0:
         raise _no_candidates(kind, index, rule, extra)
     weights = _Categorical.build(index.subj_images[cand])
-    return _Ctx(index, rule, int(seed), KIND_IDS[kind], cand, weights, scorer, focus)
+    return _Ctx(index, rule, int(seed), KIND_IDS[kind], cand, weights, scorer, focus,
+                _similar(kind, index, rule, image_features))
+
+
+def _similar(kind: str, index: PairIndex, rule: MiningRule, features: ImageFeatures | None) -> ImageFeatures | None:
+    """The image features a change kind ranks its targets by (``rule.similar_targets``), checked."""
+    if not rule.similar_targets or kind not in CHANGE_KINDS:
+        return None
+    if features is None:
+        raise ValueError(f"{kind}: similar_targets={rule.similar_targets} needs image_features")
+    unknown = features.image_of(index.image) < 0
+    if unknown.any():
+        raise ValueError(f"{kind}: caption id {int(index.image[np.flatnonzero(unknown)[0]])} has no image in "
+                         "image_features")
+    return features
 
 
 # ---------------------------------------------------------------------------
@@ -372,24 +397,37 @@ def _group_of(index: PairIndex, pos: NDArray) -> NDArray[np.int64]:
 
 
 Proposer = Callable[[NDArray[np.int64], int], tuple[NDArray[np.int64], NDArray[np.bool_]]]
+Ranker = Callable[[NDArray[np.int64], NDArray[np.int64]], NDArray[np.int64]]  # (items, rows) -> score
 
 
-def _attempts(n: int, max_attempts: int, propose: Proposer) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+def _attempts(n: int, max_attempts: int, propose: Proposer, best_of: int = 1,
+              rank: Ranker | None = None) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     """Rejection sampling, vectorised: ``propose(pending, attempt) -> (rows, ok)``.
 
-    Returns the first accepted row per item, or its last proposal, and a found mask.
+    Returns the first accepted row per item, or its last proposal, and a found mask.  With ``best_of``
+    = K > 1, an item keeps proposing until K of its proposals were accepted (or the attempts run out)
+    and gets the accepted row with the highest ``rank(items, rows)`` (the earliest on a tie).
     """
     rows = np.full(n, -1, dtype=np.int64)
-    found = np.zeros(n, dtype=bool)
+    best = np.full(n, -1, dtype=np.int64)
+    accepted = np.zeros(n, dtype=np.int64)
     pending = np.arange(n)
     for attempt in range(max_attempts):
         if pending.size == 0:
             break
         proposal, ok = propose(pending, attempt)
-        rows[pending] = proposal
-        found[pending[ok]] = True
-        pending = pending[~ok]
-    return rows, found
+        unset = (accepted[pending] == 0) & ~ok  # the last proposal stands until one is accepted
+        rows[pending[unset]] = proposal[unset]
+        took, cand = pending[ok], proposal[ok]
+        better = np.ones(len(took), bool)
+        if rank is not None:
+            score = rank(took, cand)
+            better = score > best[took]
+            best[took[better]] = score[better]
+        rows[took[better]] = cand[better]
+        accepted[took] += 1
+        pending = pending[accepted[pending] < best_of]
+    return rows, accepted > 0
 
 
 def _target_ok(ctx: _Ctx, found: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -424,14 +462,23 @@ def _draw_change(ctx: _Ctx, ids: NDArray[np.int64], draws: NDArray[np.int64]) ->
     g0 = idx.subj_group_start[s]
     n_groups = idx.subj_objects[s]
     ref_obj, ref_img = idx.obj[ref], idx.image[ref]
+    sim = ctx.similar
+    ref_picture = sim.image_of(ref_img) if sim is not None else None
 
     def propose(p: NDArray[np.int64], a: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         b = base[p]
         g = g0[p] + below(b, SLOT_TARGET + 2 * a, n_groups[p])
         row = _pick_row_of_group(idx, b, SLOT_TARGET + 2 * a + 1, g)
-        return row, (idx.obj[row] != ref_obj[p]) & (idx.image[row] != ref_img[p])
+        ok = (idx.obj[row] != ref_obj[p]) & (idx.image[row] != ref_img[p])
+        if sim is not None:  # not another caption of the reference's own picture
+            ok &= sim.image_of(idx.image[row]) != ref_picture[p]
+        return row, ok
 
-    tgt, found = _attempts(len(live), ctx.rule.max_target_attempts, propose)
+    def likeness(p: NDArray[np.int64], rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        return sim.shared(ref_picture[p], sim.image_of(idx.image[rows]))
+
+    tgt, found = _attempts(len(live), ctx.rule.max_target_attempts, propose,
+                           best_of=max(ctx.rule.similar_targets, 1), rank=likeness if sim is not None else None)
     tgt_obj = idx.obj[tgt]
     # the distractor shares the target's object: only its subject is unknown
     keep = _target_ok(ctx, found) & sc.could_pass(known + 2 * sc.o(tgt_obj), 1, 0, len(live))
@@ -584,6 +631,7 @@ def sample(
     subject_score: NDArray[np.float64] | None = None,
     object_score: NDArray[np.float64] | None = None,
     object_type: NDArray[np.integer] | None = None,
+    image_features: ImageFeatures | None = None,
 ) -> Samples:
     """Mine triplets ``ids`` of ``kind``; each depends only on (seed, kind, id).
 
@@ -592,8 +640,10 @@ def sample(
     > ``rule.concreteness_threshold``; otherwise the whole triplet is redrawn with
     the next draw counter, at most ``rule.max_draws`` times (then ``ok`` is False).
     Score arrays are indexed by code and hold -1 for missing entries.
+    ``image_features`` (the index's caption ids -> pictures and their features) is
+    needed by the change kinds when ``rule.similar_targets`` is set.
     """
-    ctx = _prepare(kind, index, seed, rule, subject_score, object_score, object_type)
+    ctx = _prepare(kind, index, seed, rule, subject_score, object_score, object_type, image_features)
     ids = np.asarray(ids, dtype=np.int64).ravel()
     n = len(ids)
     out = {name: np.full(n, -1, dtype=np.int64)

@@ -32,6 +32,7 @@ from cluster.stage import InputError
 from miner import graphs as G
 from miner import triplets as T
 from miner.config import MinerConfig
+from miner.mining import CHANGE_KINDS
 from miner.readers import CaptionRules, Record, ShardSpec, SkipCounter, plan_shards, read_shard
 
 log = logging.getLogger("genecis_ray.miner")
@@ -338,7 +339,20 @@ def _rule(cfg: MinerConfig):
                       max_target_attempts=cfg.max_target_attempts,
                       redraw_on_target_failure=cfg.redraw_on_target_failure,
                       concreteness_threshold=cfg.concreteness_threshold, max_draws=cfg.max_draws,
-                      val_fraction=cfg.val_fraction)
+                      val_fraction=cfg.val_fraction, similar_targets=cfg.similar_targets)
+
+
+def _image_features(paths: list[str], fs, tables: T.MiningTables, vocabs: T.Vocabs):
+    """The pictures of every caption (one per distinct url) and their features (``similar_targets``)."""
+    parts = []
+    for path in paths:
+        with fs.open_input_file(path) as f:
+            parts.append(pq.read_table(f, columns=["caption_id", "url"]))
+    t = pa.concat_tables(parts) if parts else pa.table({"caption_id": pa.array([], pa.int64()),
+                                                         "url": pa.array([], pa.string())})
+    images = pc.dictionary_encode(t.column("url")).combine_chunks().indices
+    return T.image_features(tables, t.column("caption_id").to_numpy(), images.to_numpy(zero_copy_only=False),
+                            vocabs)
 
 
 def _needed_ids(kind: str, tables: T.MiningTables, *samples) -> np.ndarray:
@@ -375,19 +389,23 @@ def _mine_kinds(cfg, out, graphs, paths, pending, tables_ref, vocabs, scores, do
     rule = _rule(cfg)
     kinds_info: dict[str, Any] = {}
     scores_ref, vocabs_ref = ray.put(scores), ray.put(vocabs)
+    features_ref = None
+    if cfg.similar_targets and any(k in CHANGE_KINDS for k in cfg.kinds):
+        features_ref = ray.remote(_image_features).remote(paths, graphs.fs, tables_ref, vocabs_ref)
     index_of = ray.remote(num_returns=2)(T.minable_index)
     for kind in cfg.kinds:
         mine = [c for c in pending if c.kind == kind]
         if not mine:
             continue
-        index_ref, reason_ref = index_of.remote(kind, tables_ref, cfg.seed, rule, scores_ref)
+        features = features_ref if kind in CHANGE_KINDS else None
+        index_ref, reason_ref = index_of.remote(kind, tables_ref, cfg.seed, rule, scores_ref, features)
         reason = ray.get(reason_ref)
         if reason is not None:
             kinds_info[kind] = {"triplets": 0, "unavailable": reason}
             log.warning("mine: no %s triplets from this corpus: %s", kind, reason)
             continue
         sample = ray.remote(T.sample_range)
-        samples = [sample.remote(kind, index_ref, c.lo, c.hi, cfg.seed, rule, scores_ref) for c in mine]
+        samples = [sample.remote(kind, index_ref, c.lo, c.hi, cfg.seed, rule, scores_ref, features) for c in mine]
         kinds_info[kind] = _resolve_and_write(cfg, out, graphs, paths, mine, samples, tables_ref, vocabs_ref,
                                               scores_ref, done)
     return kinds_info

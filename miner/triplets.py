@@ -20,6 +20,7 @@ from cluster import stage, storage
 from miner import mining
 from miner.attributes import ATTRIBUTE_TYPES, keep_mask, type_codes
 from miner.concreteness import score_strings
+from miner.similarity import ImageFeatures
 
 TABLE_OF_KIND = {"change_object": "relation", "focus_object": "relation",
                  "change_attribute": "attribute", "focus_attribute": "attribute"}
@@ -117,26 +118,42 @@ def build_index(kind: str, tables: MiningTables) -> "mining.PairIndex":
 
 
 def minable_index(kind: str, tables: MiningTables, seed: int, rule: "mining.MiningRule",
-                  scores: Scores) -> tuple["mining.PairIndex | None", str | None]:
+                  scores: Scores, features: ImageFeatures | None = None
+                  ) -> tuple["mining.PairIndex | None", str | None]:
     """The kind's pair index, or ``(None, reason)`` when this corpus cannot give the kind one triplet
     (an empty table, or no subject the rule accepts): the rule's own checks, run on zero ids."""
     try:
         index = build_index(kind, tables)
-        sample_range(kind, index, 0, 0, seed, rule, scores)
+        sample_range(kind, index, 0, 0, seed, rule, scores, features)
     except ValueError as err:  # mining raises ValueError for a table the rule cannot draw from
         return None, str(err)
     return index, None
 
 
+def image_features(tables: MiningTables, caption_ids: np.ndarray, caption_image: np.ndarray,
+                   vocabs: Vocabs) -> ImageFeatures:
+    """Each picture's features for ``MinerConfig.similar_targets`` (:mod:`miner.similarity`): the entity
+    names of its captions' relation and attribute rows, and their (noun, value) pairs.  ``caption_image``
+    gives each caption id's picture (captions sharing a url share one)."""
+    n_ent, n_val = len(vocabs.entity), len(vocabs.value)
+    rel, att = tables.relation, tables.attribute
+    pairs = n_ent + att["subject"].astype(np.int64) * n_val + att["object"]
+    rows = [(rel["caption_id"], rel["subject"]), (rel["caption_id"], rel["object"]),
+            (att["caption_id"], att["subject"]), (att["caption_id"], pairs)]
+    return ImageFeatures.build(caption_ids, caption_image, rows, n_ent + n_ent * n_val)
+
+
 def sample_range(kind: str, index: "mining.PairIndex", lo: int, hi: int, seed: int, rule: "mining.MiningRule",
-                 scores: Scores) -> dict[str, np.ndarray]:
-    """Sample triplets ``lo..hi-1`` of one kind; row indices refer to the kind's table."""
+                 scores: Scores, features: ImageFeatures | None = None) -> dict[str, np.ndarray]:
+    """Sample triplets ``lo..hi-1`` of one kind; row indices refer to the kind's table.  ``features``:
+    see :func:`image_features` (needed by the change kinds with ``rule.similar_targets``)."""
     ids = np.arange(lo, hi, dtype=np.int64)
     attribute_kind = TABLE_OF_KIND[kind] == "attribute"
     s = mining.sample(kind, index, ids, seed, rule,
                       subject_score=scores.entity,
                       object_score=None if attribute_kind else scores.entity,
-                      object_type=scores.value_type if kind == "focus_attribute" else None)
+                      object_type=scores.value_type if kind == "focus_attribute" else None,
+                      image_features=features)
     return {"index": ids, "ref": s.ref, "target": s.target, "distractor": s.distractor,
             "ok": s.ok, "fallback": s.fallback, "draws": s.draws, "condition": s.condition}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -402,3 +402,120 @@ def test_change_object_condition_is_predicate_object_or_the_object_alone():
     assert MinerConfig(input="x", output="y").change_object_condition == "predicate_object"  # GeneCIS's rule
     with pytest.raises(ConfigError, match="change-object-condition"):
         MinerConfig(input="x", output="y", change_object_condition="subject")
+
+
+# ---------------------------------------------------------------------------
+# similar_targets: the most reference-like of K valid target draws (miner.similarity)
+
+
+def _shared_by_sets(feats: dict[int, set[int]], a: np.ndarray, b: np.ndarray) -> list[int]:
+    return [len(feats[int(x)] & feats[int(y)]) for x, y in zip(a, b)]
+
+
+def test_image_features_count_shared_features_per_picture():
+    from miner.similarity import ImageFeatures
+
+    rng = np.random.default_rng(3)
+    caption_ids = rng.permutation(np.arange(1000, 1060))  # 60 captions, two per picture, any order
+    picture = {int(c): i // 2 for i, c in enumerate(caption_ids)}
+    caps = rng.choice(caption_ids, 400)
+    codes = rng.integers(0, 25, 400)
+    feats: dict[int, set[int]] = {p: set() for p in range(30)}
+    for c, f in zip(caps, codes):
+        feats[picture[int(c)]].add(int(f))
+    half = 200  # the rows come in two tables; a picture's features are the union of its captions' rows
+    got = ImageFeatures.build(caption_ids, [picture[int(c)] for c in caption_ids],
+                              [(caps[:half], codes[:half]), (caps[half:], codes[half:])], n_features=25)
+    assert got.image_of(np.array([caption_ids[5], 7, caption_ids[0]])).tolist() == [2, -1, 0]
+    a, b = rng.integers(0, 30, 500), rng.integers(0, 30, 500)
+    assert got.shared(a, b).tolist() == _shared_by_sets(feats, a, b)
+    assert got.shared(a, a).tolist() == [len(feats[int(x)]) for x in a]
+    with pytest.raises(ValueError, match="no image"):
+        ImageFeatures.build(caption_ids[:3], [0, 0, 1], [(np.array([5]), np.array([1]))], n_features=4)
+    with pytest.raises(ValueError, match="feature codes"):
+        ImageFeatures.build(caption_ids[:3], [0, 0, 1], [(caption_ids[:1], np.array([4]))], n_features=4)
+
+
+def _similar_world():
+    """Subject 0 with 4 objects over 16 captions of 8 pictures (two captions each); each picture has a few of
+    12 features.  Returns the relation table, the features, and the caption -> picture map."""
+    from miner.similarity import ImageFeatures
+
+    rng = np.random.default_rng(11)
+    spec, caption_picture = [], {}
+    for cap in range(16):
+        caption_picture[cap] = cap // 2
+        spec += [(0, int(o), cap) for o in rng.choice(4, 2, replace=False)]
+    table = make_table(spec)
+    pic_feats = {p: set(rng.choice(12, int(rng.integers(1, 8)), replace=False).tolist()) for p in range(8)}
+    caps = np.array([c for c in range(16) for _ in pic_feats[c // 2]])
+    codes = np.array([f for c in range(16) for f in sorted(pic_feats[c // 2])])
+    features = ImageFeatures.build(np.arange(16), [caption_picture[c] for c in range(16)], [(caps, codes)], 12)
+    return table, features, caption_picture, pic_feats
+
+
+def test_similar_targets_take_the_most_reference_like_valid_draw_and_never_its_own_picture():
+    table, features, picture, feats = _similar_world()
+    index = index_of(table)
+    n = 300
+    base = MiningRule(min_images_per_subject=1, max_target_attempts=600, max_draws=1)
+    plain = sample("change_object", index, ids(n), 5, base)
+    # up to 600 valid draws of ~20 candidates: every candidate is seen (a miss has probability < e^-15)
+    rule = replace(base, similar_targets=600)
+    got = sample("change_object", index, ids(n), 5, rule, image_features=features)
+    assert got.ok.all() and not got.fallback.any()
+    ref_pic = np.array([picture[int(c)] for c in table.image[got.ref]])
+    tgt_pic = np.array([picture[int(c)] for c in table.image[got.target]])
+    assert (ref_pic != tgt_pic).all()  # never another caption of the reference's own picture
+    assert (table.obj[got.target] != table.obj[got.ref]).all() and (table.subject[got.target] == 0).all()
+    for i in range(n):  # the best of all valid candidates: another object, another picture
+        valid = [r for r in range(len(table.image)) if table.subject[r] == 0 and table.obj[r] != table.obj[got.ref[i]]
+                 and picture[int(table.image[r])] != ref_pic[i]]
+        best = max(len(feats[ref_pic[i]] & feats[picture[int(table.image[r])]]) for r in valid)
+        assert len(feats[ref_pic[i]] & feats[tgt_pic[i]]) == best
+    assert (got.ref == plain.ref).all()  # the reference is drawn as GeneCIS draws it; only the target moves
+    plain_pic = np.array([picture[int(c)] for c in table.image[plain.target]])
+    mean = lambda t: np.mean(_shared_by_sets(feats, ref_pic, t))  # noqa: E731
+    assert mean(tgt_pic) > mean(plain_pic) + 1.0
+    # K = 1: GeneCIS's first valid draw, less those of the reference's own picture
+    one = sample("change_object", index, ids(n), 5, replace(base, similar_targets=1), image_features=features)
+    same_pic = np.array([picture[int(c)] for c in table.image[plain.target]]) == ref_pic
+    assert (one.target[~same_pic] == plain.target[~same_pic]).all() and same_pic.any()
+    assert (np.array([picture[int(c)] for c in table.image[one.target]]) != ref_pic).all()
+    # focus kinds keep GeneCIS's target; a change kind without features is refused
+    focus = sample("focus_object", index, ids(50), 5, rule, image_features=features)
+    assert (focus.target == sample("focus_object", index, ids(50), 5, base).target).all()
+    with pytest.raises(ValueError, match="needs image_features"):
+        sample("change_object", index, ids(5), 5, rule)
+    with pytest.raises(ValueError, match="similar_targets must lie"):
+        MiningRule(similar_targets=101)  # more than max_target_attempts
+    from cluster.config import ConfigError
+    from miner.config import MinerConfig
+
+    assert MinerConfig(input="x", output="y").similar_targets == 0  # GeneCIS's rule by default
+    with pytest.raises(ConfigError, match="--similar-targets 101 exceeds --max-target-attempts 100"):
+        MinerConfig(input="x", output="y", similar_targets=101)
+
+
+def test_image_features_of_the_mining_tables_group_captions_by_url(tmp_path):
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from miner.pipeline import _image_features
+    from miner.triplets import MiningTables, Vocabs
+
+    vocabs = Vocabs.from_names({"entity": ["background", "circle", "star"], "predicate": ["on"],
+                                "value": ["blue", "red"]})
+    # captions 10, 11 show picture a.jpg; 20 shows b.jpg; 30 shows c.jpg (codes: circle 1, star 2, red 1)
+    tables = MiningTables(
+        relation={"caption_id": np.array([10, 20]), "subject": np.array([1, 2]), "predicate": np.array([0, 0]),
+                  "object": np.array([0, 0])},
+        attribute={"caption_id": np.array([11, 20, 30]), "subject": np.array([2, 2, 1]), "object": np.array([1, 1, 1])})
+    path = str(tmp_path / "part-00000.parquet")
+    pq.write_table(pa.table({"caption_id": [30, 20, 11, 10], "url": ["c.jpg", "b.jpg", "a.jpg", "a.jpg"]}), path)
+    feats = _image_features([path], pafs.LocalFileSystem(), tables, vocabs)
+    a, b, c = feats.image_of(np.array([10, 20, 30]))
+    assert feats.image_of(np.array([11]))[0] == a and len({a, b, c}) == 3
+    # a: circle, background, star, (star, red); b: star, background, (star, red); c: circle, (circle, red)
+    assert feats.shared(np.array([a, a, b, a]), np.array([b, c, c, a])).tolist() == [3, 1, 0, 4]

@@ -120,8 +120,9 @@ def test_cpu_training_step_runs_attention_as_math():
 
     q = torch.randn(2, 4, 8, 16)
     assert SDPBackend(torch._fused_sdp_choice(q, q, q)) == SDPBackend.FLASH_ATTENTION  # PyTorch's own choice
-    with attention_backend(torch.device("cuda")):  # GPUs keep it (the choice is made for CPU inputs here)
-        assert SDPBackend(torch._fused_sdp_choice(q, q, q)) == SDPBackend.FLASH_ATTENTION
+    for device, dtype in (("cuda", torch.bfloat16), ("cpu", None)):  # GPUs and fp32 keep PyTorch's choice
+        with attention_backend(torch.device(device), dtype):
+            assert SDPBackend(torch._fused_sdp_choice(q, q, q)) == SDPBackend.FLASH_ATTENTION
     task = _AttentionProbe()
     settings = OptimSettings(lr=0.1, max_steps=2)
     opt = build_optimizer([{"params": list(task.parameters())}], settings)

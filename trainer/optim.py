@@ -11,11 +11,12 @@ Deliberate deviations from the released GeneCIS code (GENECIS.md §3.2–3.3), a
 * **AMP by request on CPU**: ``auto`` is bf16 autocast on GPU and fp32 on CPU; ``bf16`` autocasts on
   either (CPUs with bf16 instructions run the convolutions and matmuls ~1.4x faster); fp16 + GradScaler
   is GPU only.
-* **Math attention on CPU**: PyTorch's CPU flash-attention kernel is slow on the short sequences of a
-  small text tower (its backward took 39 % of the tiny text tower's time); on CPU the training step runs
-  scaled-dot-product attention as plain matmul + softmax instead (the same function, computed in another
-  order: a tiny-rn CLIP step of 128 images with 128 swap negatives, one thread, 1.29x faster in bf16 and
-  the same speed in fp32; ``bench/attention_cpu.py``).  GPUs keep PyTorch's choice.
+* **Math attention for bf16 on CPU**: PyTorch's CPU flash-attention kernel is slow on the short sequences
+  of a small text tower (its backward took 39 % of the tiny text tower's time); under bf16 autocast on CPU
+  the training step runs scaled-dot-product attention as plain matmul + softmax instead (the same function,
+  computed in another order: a tiny-rn CLIP step of 128 images with 128 swap negatives, one thread, 1.29x
+  faster; in fp32 the two are as fast, so fp32 keeps PyTorch's kernel and its exact results;
+  ``bench/attention_cpu.py``).  GPUs keep PyTorch's choice.
 """
 from __future__ import annotations
 
@@ -90,10 +91,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def attention_backend(device: torch.device):
-    """The scaled-dot-product-attention kernels a training step may use: math only on CPU (module
-    docstring), PyTorch's own choice elsewhere."""
-    if device.type != "cpu":
+def attention_backend(device: torch.device, dtype: torch.dtype | None):
+    """The scaled-dot-product-attention kernels a training step may use: math only under bf16 autocast on
+    CPU (module docstring), PyTorch's own choice elsewhere (fp32 on CPU gains nothing and keeps its bits)."""
+    if device.type != "cpu" or dtype != torch.bfloat16:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -109,7 +110,7 @@ def train_step(task: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch
                device: torch.device, dtype: torch.dtype | None, grad_clip: float) -> dict[str, Any]:
     """One optimisation step; ``task(**batch)`` returns (loss, extra metrics).  Clips after unscaling."""
     optimizer.zero_grad(set_to_none=True)
-    with autocast(device, dtype), attention_backend(device):
+    with autocast(device, dtype), attention_backend(device, dtype):
         loss, extra = task(**batch)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is not None:
