@@ -48,9 +48,9 @@ class MiningRule:
     ``redraw_on_target_failure`` is our switch, off by default: GeneCIS keeps the
     last draw after ``max_target_attempts`` failed tries (we flag it ``fallback``);
     when on, such a draw is rejected and redrawn like a concreteness failure.
-    ``similar_targets`` = K >= 2 is our other switch (0 = GeneCIS): a change kind's
+    ``similar_targets`` = K >= 1 is our other switch (0 = GeneCIS): a change kind's
     target is the most reference-like of its first K valid draws, and never another
-    caption of the reference's own image (:mod:`miner.similarity`).
+    caption of the reference's own image (:mod:`miner.similarity`; K = 1 only refuses those).
     """
 
     min_images_per_subject: int = 5
@@ -256,7 +256,7 @@ class _Ctx:
     weights: _Categorical  # over candidates, by distinct-image count
     scorer: _Scorer
     focus: _FocusAttr | None = None
-    similar: ImageFeatures | None = None  # with rule.similar_targets >= 2 (change kinds)
+    similar: ImageFeatures | None = None  # with rule.similar_targets >= 1 (change kinds)
 
 
 def _candidate_mask(index: PairIndex, rule: MiningRule) -> NDArray[np.bool_]:
